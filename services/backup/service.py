@@ -1,0 +1,127 @@
+"""The backup service: takes backup requests and runs source drivers into the repository.
+
+Requests arrive by RPC (from the gateway) and as ``backup.requested`` messages (from
+other teams' services); both become a pending job in the catalog. Jobs announced by
+the catalog (``catalog.backup_queued``) are claimed by whichever instance has a free
+slot: running more instances scales backups out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nameko.events import event_handler
+from nameko.rpc import RpcProxy, rpc
+
+from shared import wire
+from shared.errors import CofferError
+from shared.jobs.runner import JobHandle, JobRunner
+from shared.messaging import AuditTrail, CofferPublisher, consume_contract
+from shared.principal import Principal, service_principal
+from shared.sources.registry import get_driver
+
+log = logging.getLogger(__name__)
+
+
+class BackupService:
+    name = "backup"
+
+    catalog_rpc = RpcProxy("catalog")
+    audit = AuditTrail()
+    publish = CofferPublisher()
+    jobs: JobHandle = JobRunner("backup", "services.backup.work")  # type: ignore[assignment]
+
+    @rpc
+    def check_source(self, driver: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Validate a driver config and check the source can be read from here.
+
+        Runs where backups run, because only this host can tell whether a path or a
+        database is reachable. Returns the normalised config.
+        """
+        impl = get_driver(driver)
+        validated = impl.validate_config(config)
+        impl.check(validated)
+        return validated
+
+    @rpc
+    def source_stats(self, driver: str, config: dict[str, Any]) -> dict[str, Any]:
+        impl = get_driver(driver)
+        return impl.stats(impl.validate_config(config))
+
+    @rpc
+    def request_backup(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``{source, note?, request_id?}`` -> ``{"backup": ..., "created": bool}``."""
+        result: dict[str, Any] = self.catalog_rpc.submit_backup(principal, data)
+        return result
+
+    @consume_contract(wire.BACKUP_REQUESTED)
+    def handle_backup_requested(self, body: Any) -> None:
+        try:
+            request = wire.load_message(wire.BackupRequested, body)
+        except CofferError as exc:
+            log.warning("rejected backup.requested: %s %s", exc, exc.details)
+            self.audit.record(
+                "message.reject",
+                resource={"type": "message", "id": wire.BACKUP_REQUESTED},
+                outcome="failure",
+                tenant=body.get("tenant") if isinstance(body, dict) else None,
+                request_id=body.get("request_id") if isinstance(body, dict) else None,
+                details={"routing_key": wire.BACKUP_REQUESTED, "error": exc.to_dict()},
+            )
+            raise
+        who = service_principal(request["tenant"], request["requested_by"])
+        try:
+            result = self.catalog_rpc.submit_backup(
+                who.to_dict(),
+                {
+                    "source": request["source"],
+                    "note": request["note"],
+                    "request_id": request["request_id"],
+                    "requested_by": request["requested_by"],
+                },
+            )
+        except CofferError as exc:
+            if exc.http_status >= 500:
+                raise  # passing trouble: the consumer requeues the message
+            self._refuse(who, request, exc)
+            return
+        backup = result["backup"]
+        self.audit.record(
+            "backup.create",
+            resource={"type": "backup", "id": backup["id"]},
+            outcome="success",
+            tenant=request["tenant"],
+            actor=who.actor(),
+            request_id=request["request_id"],
+            details={"source": backup["source"], "created": result["created"], "via": "message"},
+        )
+
+    def _refuse(self, who: Principal, request: dict[str, Any], exc: CofferError) -> None:
+        """Tell the requester why, on the bus, and audit the refusal."""
+        self.publish(
+            wire.job_event(
+                request_id=request["request_id"],
+                job_id=None,
+                tenant=request["tenant"],
+                source=request["source"],
+                status="failed",
+                error=exc.to_dict(),
+            ),
+            "backup.failed",
+        )
+        self.audit.record(
+            "backup.create",
+            resource={"type": "source", "id": request["source"]},
+            outcome="failure",
+            tenant=request["tenant"],
+            actor=who.actor(),
+            request_id=request["request_id"],
+            details={"error": exc.to_dict(), "via": "message"},
+        )
+
+    @event_handler("catalog", "backup_queued")
+    def handle_backup_queued(self, payload: dict[str, Any]) -> None:
+        self.jobs.take(
+            lambda worker_id: self.catalog_rpc.claim_job("backup", payload["job_id"], worker_id)
+        )

@@ -1,0 +1,137 @@
+"""The catalog's tables. Alembic migrations in ``migrations/`` create them; a test
+checks that the migrations and these models agree."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+ROLES = ("admin", "operator", "viewer", "auditor")
+
+
+def utcnow() -> datetime:
+    """Naive UTC: SQLite drops time zones, so every timestamp is stored as UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str | None] = mapped_column(ForeignKey("tenants.name"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Source(Base):
+    __tablename__ = "sources"
+    __table_args__ = (Index("ux_sources_tenant_name", "tenant", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name"))
+    name: Mapped[str] = mapped_column(String(63))
+    driver: Mapped[str] = mapped_column(String(32))
+    #: The config without its secret fields (those are sealed in ``secrets``).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobColumns:
+    """What backups and restores share: the state machine and the lease."""
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    requested_by: Mapped[str] = mapped_column(String(128))
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress_seq: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    items_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    items_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Backup(JobColumns, Base):
+    __tablename__ = "backups"
+    __table_args__ = (Index("ux_backups_tenant_request", "tenant", "request_id", unique=True),)
+
+    source_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sources.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    #: Kept so that a backup still says where it came from after its source is gone.
+    source_name: Mapped[str] = mapped_column(String(63))
+    driver: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size_logical: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    size_stored: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    entries: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Restore(JobColumns, Base):
+    __tablename__ = "restores"
+    __table_args__ = (Index("ux_restores_tenant_request", "tenant", "request_id", unique=True),)
+
+    backup_id: Mapped[str] = mapped_column(String(32), index=True)
+    source_name: Mapped[str] = mapped_column(String(63))
+    driver: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16))
+    include: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: The target without secret fields, and whether it is the backup's own source.
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    target_secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    in_place: Mapped[bool] = mapped_column(default=False)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class OutboxMessage(Base):
+    """Events written in the same transaction as the state change they announce.
+
+    Published after commit and marked sent; a timer republishes whatever a crash
+    left behind, so a committed transition is never silently unannounced.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: 'coffer' (public exchange, routing key) or 'internal' (nameko event type).
+    channel: Mapped[str] = mapped_column(String(16))
+    routing_key: Mapped[str] = mapped_column(String(128))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)

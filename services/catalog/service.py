@@ -1,0 +1,666 @@
+"""The catalog service: owner of tenants, tokens, sources, backups and restores.
+
+Every other service asks it over RPC; it is the only writer of job state. Workers
+report progress and results as events (``jobs.job_progress``/``jobs.job_finished``),
+which the state machine in :mod:`services.catalog.jobs` applies idempotently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from nameko.events import EventDispatcher, event_handler
+from nameko.rpc import rpc
+from nameko.timer import timer
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.orm import Session
+
+from services.catalog import jobs, outbox
+from services.catalog.db import CatalogDatabase
+from services.catalog.models import (
+    ROLES,
+    Backup,
+    Restore,
+    Source,
+    Tenant,
+    Token,
+    new_id,
+    utcnow,
+)
+from services.catalog.queries import ListQuery
+from services.catalog.views import (
+    backup_view,
+    restore_view,
+    source_view,
+    tenant_view,
+    token_view,
+)
+from shared import wire
+from shared.config import settings
+from shared.crypto import SecretBox
+from shared.errors import (
+    AlreadyExists,
+    BackupNotFound,
+    InvalidState,
+    NotFound,
+    RestoreNotFound,
+    SourceNotFound,
+    TenantNotFound,
+    Unauthenticated,
+    ValidationFailed,
+)
+from shared.messaging import AuditTrail, CofferPublisher
+from shared.principal import SYSTEM, Principal
+from shared.repository import open_repository
+from shared.sources.base import REDACTED
+from shared.sources.registry import get_driver
+
+log = logging.getLogger(__name__)
+
+#: A pending job whose "queued" event was not taken up within this many seconds is
+#: announced again (the claim is atomic, so a duplicate announcement is harmless).
+REDISPATCH_AFTER = 30.0
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class CatalogService:
+    name = "catalog"
+
+    db: Session = CatalogDatabase()  # type: ignore[assignment]
+    dispatch = EventDispatcher()
+    publish = CofferPublisher()
+    audit = AuditTrail()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @property
+    def settings(self) -> Any:
+        return settings(self.container.config)  # type: ignore[attr-defined]
+
+    def _box(self) -> SecretBox:
+        return SecretBox(self.settings.master_key())
+
+    def _flush(self) -> None:
+        outbox.flush(self.db, self.publish, self.dispatch)
+
+    @rpc
+    def ping(self) -> dict[str, str]:
+        self.db.execute(text("SELECT 1"))
+        return {"database": "ok"}
+
+    # -- tenants and tokens ---------------------------------------------------------
+
+    @rpc
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        if self.db.get(Tenant, name) is not None:
+            raise AlreadyExists(f"tenant {name!r} already exists", {"name": name})
+        row = Tenant(name=name)
+        self.db.add(row)
+        self.db.commit()
+        return tenant_view(row)
+
+    @rpc
+    def list_tenants(self) -> list[dict[str, Any]]:
+        return [tenant_view(t) for t in self.db.scalars(select(Tenant).order_by(Tenant.name))]
+
+    def _tenant(self, name: str) -> Tenant:
+        row = self.db.get(Tenant, name)
+        if row is None:
+            raise TenantNotFound(f"no tenant {name!r}", {"tenant": name})
+        return row
+
+    @rpc
+    def create_token(self, name: str, role: str, tenant: str | None) -> dict[str, Any]:
+        if role not in ROLES:
+            raise ValidationFailed("unknown role", {"role": [f"must be one of {ROLES}"]})
+        if role != "admin" and role != "auditor" and not tenant:
+            raise ValidationFailed(
+                "operator and viewer tokens belong to a tenant", {"tenant": ["required"]}
+            )
+        if tenant:
+            self._tenant(tenant)
+        secret = "cft_" + secrets.token_urlsafe(32)
+        row = Token(name=name, role=role, tenant=tenant, token_hash=hash_token(secret))
+        self.db.add(row)
+        self.db.commit()
+        return {**token_view(row), "token": secret}
+
+    @rpc
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return [token_view(t) for t in self.db.scalars(select(Token).order_by(Token.created_at))]
+
+    @rpc
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        row = self.db.get(Token, token_id)
+        if row is None:
+            raise NotFound(f"no token {token_id!r}", {"token_id": token_id})
+        row.revoked_at = row.revoked_at or utcnow()
+        self.db.commit()
+        return token_view(row)
+
+    @rpc
+    def authenticate(self, token: str) -> dict[str, Any]:
+        row = self.db.scalar(select(Token).where(Token.token_hash == hash_token(token)))
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated("invalid or revoked token")
+        return Principal(id=row.id, role=row.role, tenant=row.tenant, name=row.name).to_dict()
+
+    # -- sources ----------------------------------------------------------------------
+
+    def _source(self, principal: Principal, ref: str) -> Source:
+        """By id, or by name within the caller's tenant; other tenants' answer 404."""
+        query = select(Source).where(or_(Source.id == ref, Source.name == ref))
+        if principal.tenant is not None:
+            query = query.where(Source.tenant == principal.tenant)
+        rows = self.db.scalars(query).all()
+        by_id = [r for r in rows if r.id == ref]
+        if by_id:
+            return by_id[0]
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            raise ValidationFailed(
+                f"source name {ref!r} exists in several tenants: use its id",
+                {"source": [r.id for r in rows]},
+            )
+        raise SourceNotFound(f"no source {ref!r}", {"source": ref})
+
+    def _seal_config(self, source_id: str, driver_name: str, config: dict[str, Any]) -> tuple[
+        dict[str, Any], str | None
+    ]:
+        driver = get_driver(driver_name)
+        hidden = {k: config[k] for k in driver.secret_fields if config.get(k) is not None}
+        public = {k: (REDACTED if k in hidden else v) for k, v in config.items()}
+        sealed = self._box().seal(hidden, aad=f"source:{source_id}") if hidden else None
+        return public, sealed
+
+    def _open_config(self, row: Source) -> dict[str, Any]:
+        config = dict(row.config)
+        if row.secrets:
+            config.update(self._box().open(row.secrets, aad=f"source:{row.id}"))
+        return config
+
+    @rpc
+    def create_source(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``data.config`` has already been validated by the driver (backup service)."""
+        who = Principal.from_dict(principal)
+        tenant = who.tenant_for_write(data.get("tenant"))
+        self._tenant(tenant)
+        row = Source(id=new_id(), tenant=tenant, name=data["name"], driver=data["driver"], config={})
+        row.config, row.secrets = self._seal_config(row.id, row.driver, data["config"])
+        self.db.add(row)
+        try:
+            self.db.commit()
+        except DBIntegrityError:
+            self.db.rollback()
+            raise AlreadyExists(
+                f"a source named {data['name']!r} already exists in tenant {tenant!r}",
+                {"name": data["name"]},
+            ) from None
+        return source_view(row)
+
+    @rpc
+    def list_sources(self, principal: dict[str, Any], tenant: str | None = None) -> list[dict[str, Any]]:
+        who = Principal.from_dict(principal)
+        query = select(Source).order_by(Source.tenant, Source.name)
+        scope = who.tenant_filter(tenant)
+        if scope is not None:
+            query = query.where(Source.tenant == scope)
+        return [source_view(r) for r in self.db.scalars(query)]
+
+    @rpc
+    def get_source(self, principal: dict[str, Any], ref: str) -> dict[str, Any]:
+        return source_view(self._source(Principal.from_dict(principal), ref))
+
+    @rpc
+    def source_config(self, principal: dict[str, Any], ref: str) -> dict[str, Any]:
+        """The source with its secrets decrypted: for the backup and restore services only."""
+        row = self._source(Principal.from_dict(principal), ref)
+        return {**source_view(row), "config": self._open_config(row)}
+
+    @rpc
+    def update_source(
+        self, principal: dict[str, Any], ref: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``patch.config``, when present, is the full new config, validated by the caller."""
+        row = self._source(Principal.from_dict(principal), ref)
+        if "name" in patch:
+            row.name = patch["name"]
+        if "config" in patch:
+            row.config, row.secrets = self._seal_config(row.id, row.driver, patch["config"])
+        try:
+            self.db.commit()
+        except DBIntegrityError:
+            self.db.rollback()
+            raise AlreadyExists(
+                f"a source named {patch.get('name')!r} already exists", {"name": patch.get("name")}
+            ) from None
+        return source_view(row)
+
+    @rpc
+    def delete_source(self, principal: dict[str, Any], ref: str) -> dict[str, Any]:
+        row = self._source(Principal.from_dict(principal), ref)
+        busy = self.db.scalar(
+            select(func.count())
+            .select_from(Backup)
+            .where(Backup.source_id == row.id, Backup.status.in_((jobs.PENDING, jobs.RUNNING)))
+        )
+        if busy:
+            raise InvalidState(
+                "the source has a backup pending or running", {"source": row.id}
+            )
+        view = source_view(row)
+        self.db.delete(row)
+        self.db.commit()
+        return view
+
+    # -- backups ------------------------------------------------------------------------
+
+    @rpc
+    def submit_backup(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Create a pending backup, or return the one this ``request_id`` already made.
+
+        Returns ``{"backup": ..., "created": bool}``.
+        """
+        who = Principal.from_dict(principal)
+        source = self._source(who, data["source"])
+        request_id = data.get("request_id") or secrets.token_hex(16)
+        existing = self.db.scalar(
+            select(Backup).where(Backup.tenant == source.tenant, Backup.request_id == request_id)
+        )
+        if existing is not None:
+            return {"backup": backup_view(existing), "created": False}
+        row = Backup(
+            id=new_id(),
+            tenant=source.tenant,
+            source_id=source.id,
+            source_name=source.name,
+            driver=source.driver,
+            note=data.get("note"),
+            request_id=request_id,
+            requested_by=data.get("requested_by") or who.name or who.id,
+            dispatched_at=utcnow(),
+        )
+        self.db.add(row)
+        outbox.enqueue(self.db, outbox.INTERNAL, "backup_queued", {"job_id": row.id})
+        try:
+            self.db.commit()
+        except DBIntegrityError:  # the same request_id raced in from another instance
+            self.db.rollback()
+            existing = self.db.scalar(
+                select(Backup).where(Backup.tenant == source.tenant, Backup.request_id == request_id)
+            )
+            if existing is None:
+                raise
+            return {"backup": backup_view(existing), "created": False}
+        self._flush()
+        return {"backup": backup_view(row), "created": True}
+
+    def _backup(self, who: Principal, backup_id: str) -> Backup:
+        row = self.db.get(Backup, backup_id)
+        if row is None or not who.sees(row.tenant):
+            raise BackupNotFound(f"no backup {backup_id!r}", {"backup_id": backup_id})
+        return row
+
+    @rpc
+    def get_backup(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
+        return backup_view(self._backup(Principal.from_dict(principal), backup_id))
+
+    @rpc
+    def list_backups(
+        self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
+    ) -> dict[str, Any]:
+        who = Principal.from_dict(principal)
+        listing = ListQuery(Backup, filters, scope=who.tenant_filter(filters.get("tenant")))
+        if filters.get("source"):
+            listing.where(
+                or_(Backup.source_id == filters["source"], Backup.source_name == filters["source"])
+            )
+        if filters.get("q"):
+            pattern = f"%{filters['q']}%"
+            listing.where(or_(Backup.note.ilike(pattern), Backup.source_name.ilike(pattern)))
+        return listing.page(self.db, backup_view, page, per_page)
+
+    @rpc
+    def delete_backup(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
+        row = self._backup(Principal.from_dict(principal), backup_id)
+        if row.status in (jobs.PENDING, jobs.RUNNING):
+            raise InvalidState(
+                f"backup {backup_id} is {row.status}; it can be deleted once it has ended",
+                {"status": row.status},
+            )
+        view = backup_view(row)
+        # Store first: if it fails, the row stays and the delete can be retried.
+        open_repository(self.settings.store_url).delete(row.tenant, row.id)
+        self.db.delete(row)
+        self.db.commit()
+        return view
+
+    # -- restores -----------------------------------------------------------------------
+
+    @rpc
+    def restore_context(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
+        """What the restore service needs to vet a request: the backup and its source."""
+        who = Principal.from_dict(principal)
+        backup = self._backup(who, backup_id)
+        source = self.db.get(Source, backup.source_id) if backup.source_id else None
+        return {
+            "backup": backup_view(backup),
+            "source": None
+            if source is None
+            else {**source_view(source), "config": self._open_config(source)},
+        }
+
+    @rpc
+    def submit_restore(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` was vetted by the restore service (target validated and checked)."""
+        who = Principal.from_dict(principal)
+        backup = self._backup(who, data["backup_id"])
+        if backup.status != jobs.COMPLETED:
+            raise InvalidState(
+                f"backup {backup.id} is {backup.status}; only completed backups can be restored",
+                {"status": backup.status},
+            )
+        request_id = data.get("request_id") or secrets.token_hex(16)
+        existing = self.db.scalar(
+            select(Restore).where(Restore.tenant == backup.tenant, Restore.request_id == request_id)
+        )
+        if existing is not None:
+            return {"restore": restore_view(existing), "created": False}
+        driver = get_driver(backup.driver)
+        row = Restore(
+            id=new_id(),
+            tenant=backup.tenant,
+            backup_id=backup.id,
+            source_name=backup.source_name,
+            driver=backup.driver,
+            mode=data["mode"],
+            include=data.get("include") or [],
+            target={},
+            in_place=bool(data.get("in_place")),
+            request_id=request_id,
+            requested_by=data.get("requested_by") or who.name or who.id,
+            dispatched_at=utcnow(),
+        )
+        target = data["target"]
+        hidden = {k: target[k] for k in driver.secret_fields if target.get(k) is not None}
+        row.target = {k: (REDACTED if k in hidden else v) for k, v in target.items()}
+        row.target_secrets = self._box().seal(hidden, aad=f"restore:{row.id}") if hidden else None
+        self.db.add(row)
+        outbox.enqueue(self.db, outbox.INTERNAL, "restore_queued", {"job_id": row.id})
+        try:
+            self.db.commit()
+        except DBIntegrityError:
+            self.db.rollback()
+            existing = self.db.scalar(
+                select(Restore).where(
+                    Restore.tenant == backup.tenant, Restore.request_id == request_id
+                )
+            )
+            if existing is None:
+                raise
+            return {"restore": restore_view(existing), "created": False}
+        self._flush()
+        return {"restore": restore_view(row), "created": True}
+
+    def _restore(self, who: Principal, restore_id: str) -> Restore:
+        row = self.db.get(Restore, restore_id)
+        if row is None or not who.sees(row.tenant):
+            raise RestoreNotFound(f"no restore {restore_id!r}", {"restore_id": restore_id})
+        return row
+
+    @rpc
+    def get_restore(self, principal: dict[str, Any], restore_id: str) -> dict[str, Any]:
+        return restore_view(self._restore(Principal.from_dict(principal), restore_id))
+
+    @rpc
+    def list_restores(
+        self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
+    ) -> dict[str, Any]:
+        who = Principal.from_dict(principal)
+        listing = ListQuery(Restore, filters, scope=who.tenant_filter(filters.get("tenant")))
+        if filters.get("backup_id"):
+            listing.where(Restore.backup_id == filters["backup_id"])
+        return listing.page(self.db, restore_view, page, per_page)
+
+    # -- jobs: claim, progress, results ----------------------------------------------------
+
+    @rpc
+    def claim_job(self, kind: str, job_id: str, worker_id: str) -> dict[str, Any] | None:
+        """Hand a pending job to ``worker_id``; ``None`` if someone else has it or it ended.
+
+        Returns everything the worker needs to run it, secrets included.
+        """
+        model = jobs.job_model(kind)
+        lease = self.settings.job_lease_seconds
+        if not jobs.claim(self.db, model, job_id, worker_id, lease):
+            self.db.rollback()
+            return None
+        row = self.db.get(model, job_id)
+        assert row is not None
+        self.db.refresh(row)
+        self._announce(kind, row, jobs.RUNNING)
+        self.db.commit()
+        self._flush()
+        if isinstance(row, Backup):
+            source = self.db.get(Source, row.source_id) if row.source_id else None
+            if source is None:
+                self._finish(kind, row.id, worker_id, jobs.FAILED, error=SourceNotFound(
+                    "the source was deleted before the backup started"
+                ).to_dict())
+                return None
+            return {
+                "kind": kind,
+                "job": backup_view(row),
+                "driver": row.driver,
+                "config": self._open_config(source),
+                "lease_seconds": lease,
+            }
+        target = dict(row.target)
+        if row.target_secrets:  # type: ignore[union-attr]
+            target.update(self._box().open(row.target_secrets, aad=f"restore:{row.id}"))  # type: ignore[union-attr]
+        return {
+            "kind": kind,
+            "job": restore_view(row),  # type: ignore[arg-type]
+            "driver": row.driver,
+            "target": target,
+            "lease_seconds": lease,
+        }
+
+    @event_handler("jobs", "job_progress")
+    def handle_job_progress(self, payload: dict[str, Any]) -> None:
+        model = jobs.job_model(payload["kind"])
+        jobs.record_progress(
+            self.db,
+            model,
+            payload["job_id"],
+            payload["worker_id"],
+            int(payload["seq"]),
+            payload.get("figures") or {},
+            self.settings.job_lease_seconds,
+        )
+        self.db.commit()
+
+    @event_handler("jobs", "job_finished")
+    def handle_job_finished(self, payload: dict[str, Any]) -> None:
+        self._finish(
+            payload["kind"],
+            payload["job_id"],
+            payload["worker_id"],
+            payload["status"],
+            result=payload.get("result") or {},
+            error=payload.get("error"),
+        )
+
+    def _finish(
+        self,
+        kind: str,
+        job_id: str,
+        worker_id: str | None,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        model = jobs.job_model(kind)
+        result = result or {}
+        values: dict[str, Any] = {"error": error}
+        if kind == "backup" and status == jobs.COMPLETED:
+            values.update(
+                size_logical=result.get("logical_bytes"),
+                size_stored=result.get("stored_bytes"),
+                entries=result.get("entries"),
+                checksum=result.get("checksum"),
+                stats=result.get("stats"),
+                bytes_done=result.get("logical_bytes") or 0,
+                items_done=result.get("entries") or 0,
+            )
+        elif kind == "backup":
+            values["stats"] = result.get("stats")
+        if kind == "restore":
+            values["report"] = result.get("report")
+        if not jobs.transition(self.db, model, job_id, status, worker_id=worker_id, values=values):
+            self.db.rollback()
+            log.info("ignored late %s for %s %s", status, kind, job_id)
+            return False
+        row = self.db.get(model, job_id)
+        assert row is not None
+        self.db.refresh(row)
+        self._announce(kind, row, status)
+        self.db.commit()
+        self._flush()
+        self.audit.record(
+            f"{kind}.run",
+            resource={"type": kind, "id": job_id},
+            outcome="success" if status == jobs.COMPLETED else "failure",
+            tenant=row.tenant,
+            actor=SYSTEM.actor(),
+            request_id=row.request_id,
+            details={"status": status, "error": error, "source": row.source_name},
+        )
+        return True
+
+    def _announce(self, kind: str, row: Any, status: str) -> None:
+        """Queue the public ``backup.<status>`` / ``restore.<status>`` event."""
+        event = f"{kind}.{'started' if status == jobs.RUNNING else status}"
+        if event not in wire.BACKUP_EVENTS + wire.RESTORE_EVENTS:
+            return
+        extra: dict[str, Any] = {"attempt": row.attempts}
+        if status in jobs.FINAL and row.started_at and row.finished_at:
+            extra["duration_seconds"] = (row.finished_at - row.started_at).total_seconds()
+        if kind == "backup" and status == jobs.COMPLETED:
+            extra["size"] = {"logical": row.size_logical, "stored": row.size_stored}
+        if kind == "restore":
+            extra["backup_id"] = row.backup_id
+            extra["mode"] = row.mode
+        body = wire.job_event(
+            request_id=row.request_id,
+            job_id=row.id,
+            tenant=row.tenant,
+            source=row.source_name,
+            status=status,
+            error=row.error,
+            **extra,
+        )
+        outbox.enqueue(self.db, outbox.PUBLIC, event, body)
+
+    # -- timers: the outbox, lost workers, lost announcements ----------------------------
+
+    @timer(interval=2)
+    def flush_outbox(self) -> None:
+        self._flush()
+
+    @timer(interval=2)
+    def reap_lost_workers(self) -> None:
+        """A running job whose lease ran out has lost its worker: it fails, never hangs."""
+        now = utcnow()
+        for kind, model in jobs.JOB_MODELS.items():
+            for row in self.db.scalars(select(model).where(jobs.expired(model, now))).all():
+                self._finish(
+                    kind,
+                    row.id,
+                    row.worker_id,
+                    jobs.FAILED,
+                    error={
+                        "code": "worker_lost",
+                        "message": "worker lost: no heartbeat within the lease",
+                        "details": {"worker_id": row.worker_id},
+                    },
+                )
+
+    @timer(interval=10)
+    def redispatch_pending(self) -> None:
+        cutoff = utcnow() - timedelta(seconds=REDISPATCH_AFTER)
+        for kind, model in jobs.JOB_MODELS.items():
+            rows = self.db.scalars(
+                select(model).where(model.status == jobs.PENDING, model.dispatched_at < cutoff)
+            ).all()
+            for row in rows:
+                row.dispatched_at = utcnow()
+                outbox.enqueue(self.db, outbox.INTERNAL, f"{kind}_queued", {"job_id": row.id})
+        self.db.commit()
+        self._flush()
+
+    # -- statistics --------------------------------------------------------------------------
+
+    @rpc
+    def stats(self, principal: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
+        who = Principal.from_dict(principal)
+        scope = who.tenant_filter(tenant)
+
+        def scoped(query: Any, model: Any) -> Any:
+            return query if scope is None else query.where(model.tenant == scope)
+
+        by_status = {s: 0 for s in ("pending", "running", "completed", "failed", "cancelled")}
+        for status, count in self.db.execute(
+            scoped(select(Backup.status, func.count()).group_by(Backup.status), Backup)
+        ):
+            by_status[status] = count
+        ended = by_status["completed"] + by_status["failed"]
+        stored, logical = self.db.execute(
+            scoped(
+                select(
+                    func.coalesce(func.sum(Backup.size_stored), 0),
+                    func.coalesce(func.sum(Backup.size_logical), 0),
+                ).where(Backup.status == jobs.COMPLETED),
+                Backup,
+            )
+        ).one()
+        last_success = []
+        for source_id, name, tenant_name, finished in self.db.execute(
+            scoped(
+                select(
+                    Backup.source_id,
+                    Backup.source_name,
+                    Backup.tenant,
+                    func.max(Backup.finished_at),
+                )
+                .where(Backup.status == jobs.COMPLETED)
+                .group_by(Backup.source_id, Backup.source_name, Backup.tenant),
+                Backup,
+            )
+        ):
+            last_success.append(
+                {
+                    "source_id": source_id,
+                    "source": name,
+                    "tenant": tenant_name,
+                    "last_success_at": finished.isoformat(timespec="milliseconds") + "Z",
+                    "age_seconds": round((utcnow() - finished).total_seconds(), 1),
+                }
+            )
+        return {
+            "tenant": scope,
+            "backups": {"by_status": by_status, "total": sum(by_status.values())},
+            "success_rate": None if not ended else round(by_status["completed"] / ended, 4),
+            "bytes": {"stored": int(stored), "logical": int(logical)},
+            "sources": sorted(last_success, key=lambda s: (s["tenant"], s["source"])),
+        }
+

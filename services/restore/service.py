@@ -1,0 +1,143 @@
+"""The restore service: vets restore requests and applies backups to targets.
+
+Vetting happens here because only this host sees the target: a filesystem target
+that is not empty, a database that is unreachable. A request that passes becomes a
+pending restore in the catalog; the catalog's ``restore_queued`` announcement is
+claimed by an instance with a free slot, which runs the driver in a child process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nameko.events import event_handler
+from nameko.rpc import RpcProxy, rpc
+
+from shared import wire
+from shared.errors import ConfirmationRequired, CofferError, InvalidState, ValidationFailed
+from shared.jobs.runner import JobHandle, JobRunner
+from shared.messaging import AuditTrail, CofferPublisher, consume_contract
+from shared.principal import service_principal
+from shared.sources.base import RestoreOptions
+from shared.sources.registry import get_driver
+
+log = logging.getLogger(__name__)
+
+
+class RestoreService:
+    name = "restore"
+
+    catalog_rpc = RpcProxy("catalog")
+    audit = AuditTrail()
+    publish = CofferPublisher()
+    jobs: JobHandle = JobRunner("restore", "services.restore.work")  # type: ignore[assignment]
+
+    @rpc
+    def request_restore(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``{backup_id, target?, mode, include?, confirm?, request_id?}`` -> ``{restore, created}``.
+
+        Refusals are raised before anything is recorded: an unknown backup, a backup
+        that is not completed, a target the driver refuses, a destructive mode without
+        the typed confirmation, a non-empty target without ``replace``.
+        """
+        context = self.catalog_rpc.restore_context(principal, data["backup_id"])
+        backup, source = context["backup"], context["source"]
+        if backup["status"] != "completed":
+            raise InvalidState(
+                f"backup {backup['id']} is {backup['status']}; only completed backups can be restored",
+                {"status": backup["status"]},
+            )
+        driver = get_driver(backup["driver"])
+        if data.get("target"):
+            target = driver.validate_config(data["target"])
+            in_place = source is not None and target == driver.validate_config(source["config"])
+        elif source is not None:
+            target = driver.validate_config(source["config"])
+            in_place = True
+        else:
+            raise ValidationFailed(
+                "the backup's source no longer exists: name a target",
+                {"target": ["Missing data for required field."]},
+            )
+        options = RestoreOptions(mode=data["mode"], include=list(data.get("include") or []))
+        if options.mode == "replace" and data.get("confirm") != backup["source"]:
+            raise ConfirmationRequired(
+                f"mode 'replace' overwrites the target: set confirm to the source name "
+                f"{backup['source']!r}",
+                {"confirm": [f"must equal {backup['source']!r}"]},
+            )
+        driver.check_target(target, options)
+        result: dict[str, Any] = self.catalog_rpc.submit_restore(
+            principal,
+            {
+                "backup_id": backup["id"],
+                "target": target,
+                "in_place": in_place,
+                "mode": options.mode,
+                "include": options.include,
+                "request_id": data.get("request_id"),
+                "requested_by": data.get("requested_by"),
+            },
+        )
+        return result
+
+    @consume_contract(wire.RESTORE_REQUESTED)
+    def handle_restore_requested(self, body: Any) -> None:
+        try:
+            request = wire.load_message(wire.RestoreRequested, body)
+        except CofferError as exc:
+            log.warning("rejected restore.requested: %s %s", exc, exc.details)
+            self.audit.record(
+                "message.reject",
+                resource={"type": "message", "id": wire.RESTORE_REQUESTED},
+                outcome="failure",
+                tenant=body.get("tenant") if isinstance(body, dict) else None,
+                request_id=body.get("request_id") if isinstance(body, dict) else None,
+                details={"routing_key": wire.RESTORE_REQUESTED, "error": exc.to_dict()},
+            )
+            raise
+        who = service_principal(request["tenant"], request["requested_by"])
+        try:
+            result = self.request_restore(who.to_dict(), request)
+        except CofferError as exc:
+            if exc.http_status >= 500:
+                raise
+            self.publish(
+                wire.job_event(
+                    request_id=request["request_id"],
+                    job_id=None,
+                    tenant=request["tenant"],
+                    source=None,
+                    status="failed",
+                    error=exc.to_dict(),
+                    backup_id=request["backup_id"],
+                ),
+                "restore.failed",
+            )
+            self.audit.record(
+                "restore.create",
+                resource={"type": "backup", "id": request["backup_id"]},
+                outcome="failure",
+                tenant=request["tenant"],
+                actor=who.actor(),
+                request_id=request["request_id"],
+                details={"error": exc.to_dict(), "via": "message"},
+            )
+            return
+        restore = result["restore"]
+        self.audit.record(
+            "restore.create",
+            resource={"type": "restore", "id": restore["id"]},
+            outcome="success",
+            tenant=request["tenant"],
+            actor=who.actor(),
+            request_id=request["request_id"],
+            details={"backup_id": restore["backup_id"], "mode": restore["mode"], "via": "message"},
+        )
+
+    @event_handler("catalog", "restore_queued")
+    def handle_restore_queued(self, payload: dict[str, Any]) -> None:
+        self.jobs.take(
+            lambda worker_id: self.catalog_rpc.claim_job("restore", payload["job_id"], worker_id)
+        )

@@ -1,0 +1,104 @@
+"""The child-process half of a job: read the spec, do the work, report on stdout.
+
+One JSON object per line: ``progress`` (throttled), ``log`` and, last, ``result``
+or ``error``. Secrets arrive on stdin, never on the command line. SIGTERM asks the
+job to stop at the next entry (``Progress.cancelled()``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from shared.errors import CofferError
+
+#: Seconds between progress lines; the parent turns each into a catalog event.
+PROGRESS_INTERVAL = 0.5
+
+
+class StdoutProgress:
+    """Implements :class:`shared.sources.base.Progress` for the child process."""
+
+    def __init__(self, out: Any = None) -> None:
+        self._out = out or sys.stdout
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._cancel = threading.Event()
+        self.bytes_done = 0
+        self.items_done = 0
+        self.bytes_total: int | None = None
+        self.items_total: int | None = None
+
+    def emit(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, default=str) + "\n"
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+    def _figures(self) -> dict[str, Any]:
+        return {
+            "bytes_done": self.bytes_done,
+            "items_done": self.items_done,
+            "bytes_total": self.bytes_total,
+            "items_total": self.items_total,
+        }
+
+    def set_total(self, bytes_total: int | None = None, items_total: int | None = None) -> None:
+        self.bytes_total, self.items_total = bytes_total, items_total
+        self.emit({"type": "progress", **self._figures()})
+
+    def advance(self, bytes_done: int = 0, items_done: int = 0) -> None:
+        self.bytes_done += bytes_done
+        self.items_done += items_done
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL:
+            self._last = now
+            self.emit({"type": "progress", **self._figures()})
+
+    def log(self, level: str, message: str) -> None:
+        self.emit({"type": "log", "level": level, "message": message})
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+def main(work: Callable[[dict[str, Any], StdoutProgress], dict[str, Any]]) -> int:
+    """Entry point of ``python -m services.<svc>.work``."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    progress = StdoutProgress()
+    signal.signal(signal.SIGTERM, lambda *_: progress.cancel())
+    try:
+        spec = json.loads(sys.stdin.read())
+        result = work(spec, progress)
+    except InterruptedError:
+        progress.emit({"type": "cancelled"})
+        return 0
+    except CofferError as exc:
+        progress.emit({"type": "error", "error": exc.to_dict()})
+        return 0
+    except Exception as exc:  # unexpected: report it, with the traceback on stderr
+        traceback.print_exc()
+        progress.emit(
+            {
+                "type": "error",
+                "error": {
+                    "code": "internal_error",
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "details": {},
+                },
+            }
+        )
+        return 0
+    progress.emit({"type": "progress", **progress._figures()})
+    progress.emit({"type": "result", "result": result})
+    return 0
