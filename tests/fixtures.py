@@ -137,3 +137,142 @@ def coffer_config(rabbit_config: dict[str, Any], coffer_home: Path) -> dict[str,
         }
     )
     return config
+
+
+# -- the whole platform, in one process, against real RabbitMQ/DB/S3 -------------------
+
+
+class Api:
+    """A small HTTP client for the gateway that speaks the error contract."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        import requests
+
+        self.base_url = base_url
+        self.token = token
+        self.http = requests.Session()
+
+    def as_token(self, token: str | None) -> Api:
+        return Api(self.base_url, token)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = kwargs.pop("headers", {})
+        if self.token is not None:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+        return self.http.request(method, self.base_url + path, headers=headers, timeout=60, **kwargs)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.request("POST", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Any:
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+    def wait_for(self, path: str, statuses: tuple[str, ...] = ("completed", "failed", "cancelled"),
+                 timeout: float = 60.0) -> dict[str, Any]:
+        """Poll a job until it reaches one of ``statuses`` (a deadline, not a timed assertion)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self.get(path)
+            assert resp.status_code == 200, resp.text
+            body: dict[str, Any] = resp.json()
+            if body["status"] in statuses:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} still {body['status']} after {timeout}s: {body}")
+            time.sleep(0.1)
+
+
+class Platform:
+    def __init__(self, config: dict[str, Any], base_url: str) -> None:
+        self.config = config
+        self.base_url = base_url
+        self.admin = Api(base_url, config["COFFER_ADMIN_TOKEN"])
+        self.anonymous = Api(base_url, None)
+
+    def tenant(self, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        resp = self.admin.post("/api/v1/tenants", json={"name": name})
+        assert resp.status_code == 201, resp.text
+        return name
+
+    def token(self, role: str, tenant: str | None) -> Api:
+        resp = self.admin.post(
+            "/api/v1/tokens", json={"name": f"{role}-{tenant}", "role": role, "tenant": tenant}
+        )
+        assert resp.status_code == 201, resp.text
+        return Api(self.base_url, resp.json()["token"])
+
+
+PLATFORM_VARIANTS = {
+    # catalog database + repository store: both databases and both stores are covered
+    "sqlite+file": ("sqlite", "file"),
+    "postgresql+s3": ("postgresql", "s3"),
+}
+
+
+@pytest.fixture(scope="module", params=list(PLATFORM_VARIANTS))
+def platform(
+    request: pytest.FixtureRequest,
+    vhost_pipeline: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_admin_url: str,
+) -> Iterator[Platform]:
+    """All five services (one ServiceRunner) in a fresh vhost; the gateway on a free port."""
+    from urllib.parse import urlparse
+
+    import sqlalchemy as sa
+    from nameko.runners import ServiceRunner
+
+    from services.audit.service import AuditService
+    from services.backup.service import BackupService
+    from services.catalog.service import CatalogService
+    from services.gateway.service import GatewayService
+    from services.restore.service import RestoreService
+
+    db_kind, store_kind = PLATFORM_VARIANTS[request.param]
+    home = tmp_path_factory.mktemp("platform")
+    amqp = urlparse(request.config.getoption("RABBIT_AMQP_URI"))
+    pg_name = None
+    with vhost_pipeline.get() as vhost:
+        config: dict[str, Any] = {
+            "AMQP_URI": f"{amqp.scheme}://{amqp.netloc}/{vhost}",
+            "COFFER_HOME": str(home),
+            "COFFER_AUDIT_DATABASE_URL": f"sqlite:///{home}/audit.db",
+            "COFFER_ADMIN_TOKEN": "admin-" + uuid.uuid4().hex,
+            "COFFER_MASTER_KEY_FILE": str(home / "master.key"),
+            "COFFER_JOB_LEASE_SECONDS": 10,
+            "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+        }
+        if db_kind == "sqlite":
+            config["COFFER_DATABASE_URL"] = f"sqlite:///{home}/catalog.db"
+        else:
+            pg_name = f"coffer_test_{uuid.uuid4().hex[:12]}"
+            _pg_execute(postgres_admin_url, f'CREATE DATABASE "{pg_name}"')
+            config["COFFER_DATABASE_URL"] = (
+                sa.engine.make_url(postgres_admin_url)
+                .set(database=pg_name)
+                .render_as_string(hide_password=False)
+            )
+        if store_kind == "file":
+            config["COFFER_STORE"] = f"file://{home}/repository"
+        else:
+            endpoint = request.getfixturevalue("s3_endpoint")
+            config["COFFER_STORE"] = (
+                f"s3://testing:testing@{endpoint}/coffer-{uuid.uuid4().hex[:10]}?secure=false"
+            )
+        runner = ServiceRunner(config)
+        for cls in (CatalogService, AuditService, BackupService, RestoreService, GatewayService):
+            runner.add_service(cls)
+        runner.start()
+        try:
+            yield Platform(config, f"http://{config['WEB_SERVER_ADDRESS']}")
+        finally:
+            runner.stop()
+            if pg_name:
+                _pg_execute(postgres_admin_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')

@@ -41,7 +41,8 @@ from services.catalog.views import (
     token_view,
 )
 from shared import wire
-from shared.config import settings
+from shared.config import Settings
+from shared.dependencies import SettingsProvider
 from shared.crypto import SecretBox
 from shared.errors import (
     AlreadyExists,
@@ -78,12 +79,10 @@ class CatalogService:
     dispatch = EventDispatcher()
     publish = CofferPublisher()
     audit = AuditTrail()
+    settings: Settings = SettingsProvider()
 
     # -- plumbing -----------------------------------------------------------------
 
-    @property
-    def settings(self) -> Any:
-        return settings(self.container.config)  # type: ignore[attr-defined]
 
     def _box(self) -> SecretBox:
         return SecretBox(self.settings.master_key())

@@ -17,7 +17,8 @@ from werkzeug.wrappers import Response
 from services.gateway import schemas as s
 from services.gateway.api import ApiMixin, Call, api, json_response
 from services.gateway.openapi import build_spec
-from shared.config import settings
+from shared.config import Settings
+from shared.dependencies import SettingsProvider
 from shared.errors import InvalidState
 from shared.messaging import AuditTrail
 from shared.repository import Repository, open_repository
@@ -39,10 +40,8 @@ class GatewayService(ApiMixin):
     restore_rpc = RpcProxy("restore")
     audit_rpc = RpcProxy("audit")
     audit = AuditTrail()
+    settings: Settings = SettingsProvider()
 
-    @property
-    def settings(self) -> Any:
-        return settings(self.container.config)  # type: ignore[attr-defined]
 
     def repository(self) -> Repository:
         return open_repository(self.settings.store_url)

@@ -144,27 +144,31 @@ class _Pipe:
             self._cond.notify_all()
 
     def read(self, size: int = -1) -> bytes:
-        """Block until ``size`` bytes or end of stream, like a file would."""
+        """Wait for data, then return what is buffered (at most ``size`` bytes).
+
+        Short reads, like a socket's: ``b""`` only at the end. Returning whatever
+        is buffered rather than filling ``size`` keeps an upload's peak memory at
+        one S3 part instead of two (minio asks for the whole 16 MiB part at once).
+        """
         out: list[bytes] = []
         got = 0
         with self._cond:
-            while size < 0 or got < size:
+            while True:
                 if self._aborted:
                     raise _WriterAborted("backup aborted")
-                if self._chunks:
-                    chunk = self._chunks.popleft()
-                    if 0 <= size < got + len(chunk):
-                        keep = size - got
-                        self._chunks.appendleft(chunk[keep:])
-                        chunk = chunk[:keep]
-                    out.append(chunk)
-                    got += len(chunk)
-                    self._buffered -= len(chunk)
-                    self._cond.notify_all()
-                    continue
-                if self._eof:
+                if self._chunks or self._eof:
                     break
                 self._cond.wait()
+            while self._chunks and (size < 0 or got < size):
+                chunk = self._chunks.popleft()
+                if 0 <= size < got + len(chunk):
+                    keep = size - got
+                    self._chunks.appendleft(chunk[keep:])
+                    chunk = chunk[:keep]
+                out.append(chunk)
+                got += len(chunk)
+            self._buffered -= got
+            self._cond.notify_all()
         return b"".join(out)
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import certifi
 import urllib3
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import InvalidResponseError, MinioException, S3Error
 from urllib3.util import Retry, Timeout
 
 from shared.errors import StoreUnavailable
@@ -35,6 +35,18 @@ _MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotF
 _BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 
 _T = TypeVar("_T")
+
+
+class _Missing(Exception):
+    """The object (or its whole bucket) is not there: callers turn this into KeyError."""
+
+
+def _is_missing(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in _MISSING
+    # moto answers GetBucketLocation for an absent bucket with an XML error labelled
+    # text/html, which minio reports as a "non-XML response" rather than NoSuchBucket.
+    return isinstance(exc, InvalidResponseError) and getattr(exc, "_code", None) == 404
 
 
 def _parse_bool(value: str) -> bool:
@@ -207,16 +219,22 @@ class S3Store(ObjectStore):
     def _call(self, action: str, func: Callable[[], _T]) -> _T:
         """Run one SDK call, turning transport and server failures into StoreUnavailable.
 
-        ``S3Error`` for a missing object is left alone: callers map it to KeyError.
+        A missing object raises ``_Missing``: callers map it to KeyError (or nothing).
         """
         try:
             return func()
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                raise
-            raise self._unavailable(action, exc) from exc
         except (MinioException, urllib3.exceptions.HTTPError) as exc:
+            if _is_missing(exc):
+                raise _Missing(action) from exc
             raise self._unavailable(action, exc) from exc
+
+    def _bucket_exists(self, client: Minio) -> bool:
+        try:
+            return client.bucket_exists(self.bucket)
+        except InvalidResponseError as exc:
+            if _is_missing(exc):
+                return False
+            raise
 
     def _object(self, key: str) -> str:
         if not key or key.startswith("/"):
@@ -232,7 +250,7 @@ class S3Store(ObjectStore):
         with self._bucket_lock:
             if self._bucket_ready:
                 return
-            if not client.bucket_exists(self.bucket):
+            if not self._bucket_exists(client):
                 try:
                     client.make_bucket(self.bucket)
                 except S3Error as exc:
@@ -266,7 +284,7 @@ class S3Store(ObjectStore):
             response = self._call(
                 f"reading {key}", lambda: self.client.get_object(self.bucket, name)
             )
-        except S3Error:
+        except _Missing:
             raise KeyError(key) from None
         return cast(BinaryIO, _ObjectReader(response, f"S3 store at {self.endpoint_url}"))
 
@@ -281,14 +299,14 @@ class S3Store(ObjectStore):
         name = self._object(key)
         try:
             stat = self._call(f"stat of {key}", lambda: self.client.stat_object(self.bucket, name))
-        except S3Error:
+        except _Missing:
             raise KeyError(key) from None
         return int(stat.size or 0)
 
     def delete(self, key: str) -> None:
         name = self._object(key)
         # Already gone (or the bucket is): deletes are idempotent.
-        with contextlib.suppress(S3Error):
+        with contextlib.suppress(_Missing):
             self._call(f"deleting {key}", lambda: self.client.remove_object(self.bucket, name))
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -298,7 +316,7 @@ class S3Store(ObjectStore):
         while True:
             try:
                 obj = self._call(f"listing {prefix or '/'}", lambda: next(iterator, None))
-            except S3Error:
+            except _Missing:
                 return  # no bucket yet: nothing stored
             if obj is None:
                 return
@@ -310,7 +328,7 @@ class S3Store(ObjectStore):
         # Always ask the server (even when the bucket is known to exist): the point
         # is to learn whether it answers now.
         try:
-            if self._probe.bucket_exists(self.bucket):
+            if self._bucket_exists(self._probe):
                 self._bucket_ready = True
             else:
                 self._bucket_ready = False
