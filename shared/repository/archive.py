@@ -75,8 +75,12 @@ _TAR_TYPES = {
 
 
 def _check_segment(kind: str, value: str) -> str:
-    """Tenant and backup ids become key segments: they must not be able to climb."""
-    if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value or value == ".":
+    """Tenant and backup ids become key segments: they must not be able to climb.
+
+    Only ``.`` and ``..`` themselves are dangerous; ``a..b`` is a valid tenant name
+    in the API, so it stays a valid segment here.
+    """
+    if not isinstance(value, str) or not _SEGMENT.match(value) or value in (".", ".."):
         raise UnsafePath(f"invalid {kind} {value!r}", {kind: str(value)})
     return value
 
@@ -691,6 +695,7 @@ class ArchiveRepository(Repository):
                 and parts[4] == "manifest.json"
                 and _SEGMENT.match(parts[1])
                 and _SEGMENT.match(parts[3])
+                and "." not in (parts[1], parts[3])
             ):
                 yield parts[1], parts[3]
 

@@ -456,15 +456,18 @@ class _Walker:
                     return
                 try:
                     st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode):
-                        raise OSError(errno.ENOTDIR, "changed while being read")
-                    # Opened before the pending ancestors are emitted, so an unreadable
-                    # file does not leave empty directories behind in the backup.
-                    yield from self._flush(stack)
                 except OSError as exc:
                     os.close(fd)
                     self.on_skip(rel, _reason(exc))
                     return
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    self.on_skip(rel, "changed while being read")
+                    return
+                # Opened before the pending ancestors are emitted, so an unreadable
+                # file does not leave empty directories behind in the backup.
+                try:
+                    yield from self._flush(stack)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -522,12 +525,19 @@ def _entry_parts(entry: Entry) -> Parts:
         raise _unsafe(path, f"unsupported entry type {entry.type!r}")
     for name in ("mode", "mtime_ns", "size"):
         value = getattr(entry, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        # mtime_ns may be negative: files can predate 1970.
+        if not isinstance(value, int) or isinstance(value, bool):
             raise _unsafe(path, f"invalid {name}")
+    if entry.mode < 0 or entry.size < 0:
+        raise _unsafe(path, "negative mode or size")
     if entry.type == "symlink":
         target: object = entry.target
         if not isinstance(target, str) or not target or "\x00" in target:
             raise _unsafe(path, "invalid symlink target")
+        try:
+            os.fsencode(target)
+        except UnicodeEncodeError:
+            raise _unsafe(path, "symlink target not encodable") from None
     return parts
 
 
@@ -553,9 +563,8 @@ class _DirCache:
     ``openat`` per new directory instead of one per path component per entry.
     """
 
-    def __init__(self, root_fd: int | None, root: str) -> None:
+    def __init__(self, root_fd: int | None) -> None:
         self.root_fd = root_fd
-        self.root = root
         self.stack: list[tuple[str, int]] = []
 
     def get(self, parts: Parts, *, create: bool) -> int | None:
@@ -588,10 +597,10 @@ class _DirCache:
             if not create:
                 return None
         except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP) or not create:
-                if create:
-                    raise
+            if not create:
                 return None
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
             st = _lstat(fd, name)
             shown = _display("/".join(parts))
             if st is not None and stat.S_ISLNK(st.st_mode):
@@ -649,12 +658,12 @@ class _Restore:
         #: (dir, mode, mtime_ns) applied last: writing a directory's content moves its
         #: mtime, and a read-only mode would stop the writes.
         self.deferred: list[tuple[Parts, int, int]] = []
-        self.cache = _DirCache(None, root)
+        self.cache = _DirCache(None)
 
     # -- driving
 
     def run(self, reader: BackupReader) -> dict[str, Any]:
-        self.cache = _DirCache(self._open_target(), self.root)
+        self.cache = _DirCache(self._open_target())
         try:
             self._stream(reader)
             if not self.dry_run:
