@@ -156,7 +156,7 @@ class Api:
         return Api(self.base_url, token)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = kwargs.pop("headers", {})
+        headers = dict(kwargs.pop("headers", {}))
         if self.token is not None:
             headers.setdefault("Authorization", f"Bearer {self.token}")
         return self.http.request(method, self.base_url + path, headers=headers, timeout=60, **kwargs)

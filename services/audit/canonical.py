@@ -69,14 +69,21 @@ def parse_timestamp(text: str, *, assume_utc: bool) -> datetime:
         raise ValueError("out of range") from exc
 
 
+def _column(value: str | None) -> str | None:
+    """A string as a column value: PostgreSQL text cannot hold NUL, so it becomes
+    U+FFFD. The body keeps the exact value (JSON escapes it); only the copy that
+    queries filter on is changed, and deterministically, so verify still agrees."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
 def _text(value: Any) -> str | None:
     """A free-form ``actor``/``resource`` member as a column value.
 
     The wire contract types ``actor`` and ``resource`` as open objects; strings and
-    integers (ids) are indexed, anything else stays in the body only.
+    integers (ids) are copied out for queries, anything else stays in the body only.
     """
     if isinstance(value, str):
-        return value
+        return _column(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
@@ -93,12 +100,12 @@ def derive_columns(event: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "event_id": event["id"],
         "at": parse_timestamp(event["at"], assume_utc=False),
-        "tenant": event.get("tenant"),
-        "action": event["action"],
-        "outcome": event["outcome"],
+        "tenant": _column(event.get("tenant")),
+        "action": _column(event["action"]),
+        "outcome": _column(event["outcome"]),
         "actor_type": _text(actor.get("type")),
         "actor_id": _text(actor.get("id")),
         "resource_type": _text(resource.get("type")),
         "resource_id": _text(resource.get("id")),
-        "request_id": event.get("request_id"),
+        "request_id": _column(event.get("request_id")),
     }

@@ -45,6 +45,7 @@ from services.audit.canonical import (
 )
 from services.audit.schemas import parse_query
 from shared.config import settings
+from shared.database import make_engine
 from shared.errors import InvalidMessage, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,16 @@ audit_records = sa.Table(
     sa.Column("event_id", sa.String(128), nullable=False, unique=True),
     # The event's own timestamp, in UTC without zone (comparable on SQLite too).
     sa.Column("at", sa.DateTime(timezone=False), nullable=False),
-    sa.Column("tenant", sa.String(128), nullable=True),
+    sa.Column("tenant", sa.String(255), nullable=True),
     sa.Column("action", sa.String(255), nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("actor_type", sa.Text, nullable=True),
     sa.Column("actor_id", sa.Text, nullable=True),
     sa.Column("resource_type", sa.Text, nullable=True),
     sa.Column("resource_id", sa.Text, nullable=True),
-    sa.Column("request_id", sa.String(128), nullable=True),
+    # Unbounded (see AuditEventRecord), hence a hash index on PostgreSQL: a B-tree
+    # entry is limited to about 2.7 kB, a hash entry is not.
+    sa.Column("request_id", sa.Text, nullable=True),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
@@ -92,6 +95,7 @@ audit_records = sa.Table(
     sa.Index("ix_audit_records_tenant_seq", "tenant", "seq"),
     sa.Index("ix_audit_records_action", "action"),
     sa.Index("ix_audit_records_at", "at"),
+    sa.Index("ix_audit_records_request_id", "request_id", postgresql_using="hash"),
 )
 
 audit_chain_head = sa.Table(
@@ -124,31 +128,22 @@ class DuplicateEventConflict(InvalidMessage):
 
 
 def create_audit_engine(url: str) -> sa.Engine:
-    """An engine tuned for the audit log on SQLite or PostgreSQL.
+    """The shared engine set-up (pg8000 for PostgreSQL, WAL and a busy timeout for
+    SQLite), plus what the chain needs from SQLite.
 
-    A bare ``postgresql://`` URL gets the pure-Python pg8000 driver: it does its I/O
-    through (eventlet-patched) sockets, so a worker waiting on the chain-head lock
-    yields instead of blocking the process.
+    pysqlite would open transactions itself, lazily and DEFERRED, so that two appenders
+    could both read the same head before either writes. It is told to keep out, and
+    the ``begin`` hook emits ``BEGIN IMMEDIATE`` for appends (``BEGIN`` for reads).
     """
-    parsed = sa.engine.make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+pg8000")
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed, pool_pre_ping=True)
-
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+    engine = make_engine(url)
+    if engine.dialect.name != "sqlite":
+        return engine
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the sqlite3 module (it would BEGIN
-        # DEFERRED lazily, before the first write), so the hook below decides.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            # WAL: readers (query, verify) never block the appender nor wait for it.
-            cursor.execute("PRAGMA journal_mode=WAL")
             # An event is acked once committed; FULL makes "committed" survive power loss.
             cursor.execute("PRAGMA synchronous=FULL")
         finally:
@@ -293,7 +288,7 @@ class AuditLog:
                     .values(seq=seq, hash=digest)
                 )
         except sa.exc.DataError as exc:
-            # The database refuses the value itself (e.g. a NUL byte on PostgreSQL):
+            # The database refuses the value itself (e.g. too long for its column):
             # retrying can never succeed, so let it be dead-lettered, not requeued.
             raise InvalidMessage(
                 "the audit event cannot be stored", {"body": [str(exc.orig)]}

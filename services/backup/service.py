@@ -32,7 +32,7 @@ class BackupService:
     publish = CofferPublisher()
     jobs: JobHandle = JobRunner("backup", "services.backup.work")  # type: ignore[assignment]
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def check_source(self, driver: str, config: dict[str, Any]) -> dict[str, Any]:
         """Validate a driver config and check the source can be read from here.
 
@@ -44,12 +44,12 @@ class BackupService:
         impl.check(validated)
         return validated
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def source_stats(self, driver: str, config: dict[str, Any]) -> dict[str, Any]:
         impl = get_driver(driver)
         return impl.stats(impl.validate_config(config))
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def request_backup(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """``{source, note?, request_id?}`` -> ``{"backup": ..., "created": bool}``."""
         result: dict[str, Any] = self.catalog_rpc.submit_backup(principal, data)

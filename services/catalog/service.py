@@ -46,6 +46,7 @@ from shared.dependencies import SettingsProvider
 from shared.crypto import SecretBox
 from shared.errors import (
     AlreadyExists,
+    CofferError,
     BackupNotFound,
     InvalidState,
     NotFound,
@@ -90,14 +91,14 @@ class CatalogService:
     def _flush(self) -> None:
         outbox.flush(self.db, self.publish, self.dispatch)
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def ping(self) -> dict[str, str]:
         self.db.execute(text("SELECT 1"))
         return {"database": "ok"}
 
     # -- tenants and tokens ---------------------------------------------------------
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def create_tenant(self, name: str) -> dict[str, Any]:
         if self.db.get(Tenant, name) is not None:
             raise AlreadyExists(f"tenant {name!r} already exists", {"name": name})
@@ -106,7 +107,7 @@ class CatalogService:
         self.db.commit()
         return tenant_view(row)
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def list_tenants(self) -> list[dict[str, Any]]:
         return [tenant_view(t) for t in self.db.scalars(select(Tenant).order_by(Tenant.name))]
 
@@ -116,7 +117,7 @@ class CatalogService:
             raise TenantNotFound(f"no tenant {name!r}", {"tenant": name})
         return row
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def create_token(self, name: str, role: str, tenant: str | None) -> dict[str, Any]:
         if role not in ROLES:
             raise ValidationFailed("unknown role", {"role": [f"must be one of {ROLES}"]})
@@ -132,11 +133,11 @@ class CatalogService:
         self.db.commit()
         return {**token_view(row), "token": secret}
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def list_tokens(self) -> list[dict[str, Any]]:
         return [token_view(t) for t in self.db.scalars(select(Token).order_by(Token.created_at))]
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def revoke_token(self, token_id: str) -> dict[str, Any]:
         row = self.db.get(Token, token_id)
         if row is None:
@@ -145,7 +146,7 @@ class CatalogService:
         self.db.commit()
         return token_view(row)
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def authenticate(self, token: str) -> dict[str, Any]:
         row = self.db.scalar(select(Token).where(Token.token_hash == hash_token(token)))
         if row is None or row.revoked_at is not None:
@@ -187,7 +188,7 @@ class CatalogService:
             config.update(self._box().open(row.secrets, aad=f"source:{row.id}"))
         return config
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def create_source(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """``data.config`` has already been validated by the driver (backup service)."""
         who = Principal.from_dict(principal)
@@ -206,7 +207,7 @@ class CatalogService:
             ) from None
         return source_view(row)
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def list_sources(self, principal: dict[str, Any], tenant: str | None = None) -> list[dict[str, Any]]:
         who = Principal.from_dict(principal)
         query = select(Source).order_by(Source.tenant, Source.name)
@@ -215,17 +216,17 @@ class CatalogService:
             query = query.where(Source.tenant == scope)
         return [source_view(r) for r in self.db.scalars(query)]
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def get_source(self, principal: dict[str, Any], ref: str) -> dict[str, Any]:
         return source_view(self._source(Principal.from_dict(principal), ref))
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def source_config(self, principal: dict[str, Any], ref: str) -> dict[str, Any]:
         """The source with its secrets decrypted: for the backup and restore services only."""
         row = self._source(Principal.from_dict(principal), ref)
         return {**source_view(row), "config": self._open_config(row)}
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def update_source(
         self, principal: dict[str, Any], ref: str, patch: dict[str, Any]
     ) -> dict[str, Any]:
@@ -244,7 +245,7 @@ class CatalogService:
             ) from None
         return source_view(row)
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def delete_source(self, principal: dict[str, Any], ref: str) -> dict[str, Any]:
         row = self._source(Principal.from_dict(principal), ref)
         busy = self.db.scalar(
@@ -263,7 +264,7 @@ class CatalogService:
 
     # -- backups ------------------------------------------------------------------------
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def submit_backup(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """Create a pending backup, or return the one this ``request_id`` already made.
 
@@ -309,11 +310,11 @@ class CatalogService:
             raise BackupNotFound(f"no backup {backup_id!r}", {"backup_id": backup_id})
         return row
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def get_backup(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
         return backup_view(self._backup(Principal.from_dict(principal), backup_id))
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def list_backups(
         self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
     ) -> dict[str, Any]:
@@ -328,7 +329,7 @@ class CatalogService:
             listing.where(or_(Backup.note.ilike(pattern), Backup.source_name.ilike(pattern)))
         return listing.page(self.db, backup_view, page, per_page)
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def delete_backup(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
         row = self._backup(Principal.from_dict(principal), backup_id)
         if row.status in (jobs.PENDING, jobs.RUNNING):
@@ -345,7 +346,7 @@ class CatalogService:
 
     # -- restores -----------------------------------------------------------------------
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def restore_context(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
         """What the restore service needs to vet a request: the backup and its source."""
         who = Principal.from_dict(principal)
@@ -358,7 +359,7 @@ class CatalogService:
             else {**source_view(source), "config": self._open_config(source)},
         }
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def submit_restore(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """``data`` was vetted by the restore service (target validated and checked)."""
         who = Principal.from_dict(principal)
@@ -416,11 +417,11 @@ class CatalogService:
             raise RestoreNotFound(f"no restore {restore_id!r}", {"restore_id": restore_id})
         return row
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def get_restore(self, principal: dict[str, Any], restore_id: str) -> dict[str, Any]:
         return restore_view(self._restore(Principal.from_dict(principal), restore_id))
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def list_restores(
         self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
     ) -> dict[str, Any]:
@@ -432,7 +433,7 @@ class CatalogService:
 
     # -- jobs: claim, progress, results ----------------------------------------------------
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def claim_job(self, kind: str, job_id: str, worker_id: str) -> dict[str, Any] | None:
         """Hand a pending job to ``worker_id``; ``None`` if someone else has it or it ended.
 
@@ -609,7 +610,7 @@ class CatalogService:
 
     # -- statistics --------------------------------------------------------------------------
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def stats(self, principal: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
         who = Principal.from_dict(principal)
         scope = who.tenant_filter(tenant)

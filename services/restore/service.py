@@ -33,7 +33,7 @@ class RestoreService:
     publish = CofferPublisher()
     jobs: JobHandle = JobRunner("restore", "services.restore.work")  # type: ignore[assignment]
 
-    @rpc
+    @rpc(expected_exceptions=CofferError)
     def request_restore(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """``{backup_id, target?, mode, include?, confirm?, request_id?}`` -> ``{restore, created}``.
 

@@ -422,6 +422,12 @@ class ArchiveWriter(BackupWriter):
             manifest=manifest,
         )
 
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Leaving the block without commit() also drops the backup: otherwise the
+        # upload thread would wait forever on a pipe nobody closes.
+        if self._state != "committed":
+            self.abort()
+
     def abort(self) -> None:
         if self._state in ("committed", "aborted"):
             return

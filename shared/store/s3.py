@@ -23,6 +23,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error
+from minio.helpers import check_bucket_name
 from urllib3.util import Retry, Timeout
 
 from shared.errors import StoreUnavailable
@@ -132,6 +133,8 @@ class S3Store(ObjectStore):
         secure: bool = True,
         region: str | None = None,
     ) -> None:
+        # A bad bucket name is a configuration error: say so now, not at first use.
+        check_bucket_name(bucket, s3_check=endpoint.endswith("amazonaws.com"))
         self.endpoint = endpoint
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""

@@ -253,6 +253,16 @@ def test_exception_inside_with_aborts(repo: ArchiveRepository, store: ObjectStor
     assert list(store.list()) == []
 
 
+def test_leaving_the_block_without_commit_aborts(
+    repo: ArchiveRepository, store: ObjectStore
+) -> None:
+    with repo.writer("acme", "b1") as writer:
+        writer.add(Entry("a", size=1), io.BytesIO(b"1"))
+    assert list(store.list()) == []
+    with pytest.raises(RuntimeError, match="aborted"):
+        writer.commit({})
+
+
 def test_failing_content_stream_breaks_the_writer(
     repo: ArchiveRepository, store: ObjectStore
 ) -> None:

@@ -209,12 +209,14 @@ def test_s3_from_url() -> None:
     assert "se@cr" not in store.url and "cr%3At" not in store.url
     assert store.url == "s3://minio.local:9000/backups/team/a"
 
-    default = S3Store.from_url("s3://k:s@s3.example.com/b")
+    default = S3Store.from_url("s3://k:s@s3.example.com/bkt")
     assert default.secure is True and default.prefix == ""
     assert default.endpoint_url == "https://s3.example.com"
 
     with pytest.raises(ValueError, match="bucket"):
         S3Store.from_url("s3://k:s@host:9000/")
+    with pytest.raises(ValueError, match="bucket name"):
+        S3Store.from_url("s3://k:s@host:9000/ab")
     with pytest.raises(ValueError):
         S3Store.from_url("s3://k:s@host:9000/b?secure=maybe")
     with pytest.raises(ValueError, match="unknown"):
