@@ -95,7 +95,15 @@ class Audit:
         return event
 
 
+#: The audit service's queue, declared by every publisher of audit events too, so that
+#: an event sent before the audit service first started is kept rather than dropped.
+AUDIT_QUEUE_NAME = "coffer.audit.audit.#"
+
+
 class AuditTrail(CofferPublisher):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(declare=[contract_queue(AUDIT_QUEUE_NAME, "audit.#")], **options)
+
     def get_dependency(self, worker_ctx: Any) -> Audit:
         service = self.container.service_name
         return Audit(super().get_dependency(worker_ctx), {"type": "service", "id": service})
@@ -153,8 +161,10 @@ class ContractConsumer(Entrypoint, HeaderDecoder):
         self.queue_consumer.register_provider(self)
         # Declare the dead-letter side too, so rejected messages are kept, not dropped.
         from nameko.amqp import get_connection
+        from nameko.constants import AMQP_SSL_CONFIG_KEY
 
-        with get_connection(self.container.config["AMQP_URI"]) as conn:
+        config = self.container.config
+        with get_connection(config["AMQP_URI"], config.get(AMQP_SSL_CONFIG_KEY)) as conn:
             channel = conn.channel()
             dead_letter_queue(channel).declare()
 

@@ -52,7 +52,9 @@ class RestoreRequested(_Strict):
     backup_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     target = fields.Dict(load_default=None, allow_none=True)
     mode = fields.String(required=True, validate=validate.OneOf(("dry-run", "merge", "replace")))
-    include = fields.List(fields.String(validate=validate.Length(min=1, max=4096)), load_default=list)
+    include = fields.List(
+        fields.String(validate=validate.Length(min=1, max=4096)), load_default=list
+    )
     confirm = fields.String(load_default=None, allow_none=True)
     requested_by = fields.String(load_default="unknown", validate=validate.Length(min=1, max=128))
 
@@ -69,15 +71,19 @@ class JobEvent(Schema):
     error = fields.Dict(load_default=None, allow_none=True)
 
 
-class AuditEventSchema(Schema):
-    schema_version = fields.Integer(required=True)
+class AuditEventSchema(_Strict):
+    schema_version = fields.Integer(
+        required=True, validate=validate.OneOf(SUPPORTED_SCHEMA_VERSIONS)
+    )
     id = fields.String(required=True)
     at = fields.String(required=True)
     actor = fields.Dict(required=True)
     tenant = fields.String(required=True, allow_none=True)
     action = fields.String(required=True)
     resource = fields.Dict(required=True)
-    outcome = fields.String(required=True, validate=validate.OneOf(("success", "failure", "denied")))
+    outcome = fields.String(
+        required=True, validate=validate.OneOf(("success", "failure", "denied"))
+    )
     request_id = fields.String(required=True, allow_none=True)
     details = fields.Dict(required=True)
 
@@ -101,6 +107,12 @@ def load_message(schema: type[Schema], body: Any) -> dict[str, Any]:
     return data
 
 
+def field_text(body: Any, key: str) -> str | None:
+    """A field of a message that failed validation, if it is usable text (for the audit)."""
+    value = body.get(key) if isinstance(body, dict) else None
+    return value[:128] if isinstance(value, str) else None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -115,7 +127,7 @@ def job_event(
     error: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    body = {
+    body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "request_id": request_id,
         "job_id": job_id,

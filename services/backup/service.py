@@ -65,8 +65,8 @@ class BackupService:
                 "message.reject",
                 resource={"type": "message", "id": wire.BACKUP_REQUESTED},
                 outcome="failure",
-                tenant=body.get("tenant") if isinstance(body, dict) else None,
-                request_id=body.get("request_id") if isinstance(body, dict) else None,
+                tenant=wire.field_text(body, "tenant"),
+                request_id=wire.field_text(body, "request_id"),
                 details={"routing_key": wire.BACKUP_REQUESTED, "error": exc.to_dict()},
             )
             raise

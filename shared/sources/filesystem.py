@@ -431,8 +431,8 @@ class _Walker:
             found = _Found(rel, "dir", st)
             # Pushed before yielding so the walk's finally closes fd whatever happens.
             stack.append(_Frame(fd, parts, iter(names), included, None if included else found))
-            yield from self._flush(stack)
             if included:
+                yield from self._flush(stack[:-1])
                 yield found
         elif stat.S_ISLNK(mode):
             if not included:

@@ -13,7 +13,7 @@ import types
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -76,11 +76,7 @@ class MemoryReader(BackupReader):
 
     def __iter__(self) -> Iterator[tuple[Entry, BinaryIO | None]]:
         for entry, data in self.items:
-            content: BinaryIO | None
-            if data is None or not isinstance(data, bytes):
-                content = data
-            else:
-                content = io.BytesIO(data)
+            content = io.BytesIO(data) if isinstance(data, bytes) else data
             yield replace(entry, meta=dict(entry.meta)), content
         self.exhausted = True
         if self.fail_at_end:
@@ -343,6 +339,29 @@ def test_check_refuses_an_unlistable_directory(
     assert str(tmp_path) in info.value.message
 
 
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root bypasses permission bits; test_check_refuses_an_unlistable_directory "
+    "covers the same path by simulating the EACCES",
+)
+def test_chmod_000_for_real(driver: FilesystemDriver, source: Path) -> None:
+    locked = source / "locked"
+    locked.mkdir()
+    write(source / "secret.txt", b"s", 0o000)
+    os.chmod(locked, 0o000)
+    try:
+        with pytest.raises(SourceUnavailable) as info:
+            driver.check({"path": str(locked)})
+        assert info.value.details["reason"] == "permission denied"
+        _, stats = backup(driver, source)
+        assert stats["skipped"] == [
+            {"path": "locked", "reason": "permission denied"},
+            {"path": "secret.txt", "reason": "permission denied"},
+        ]
+    finally:
+        os.chmod(locked, 0o700)
+
+
 def test_stats_count_what_backup_would_take(driver: FilesystemDriver, source: Path) -> None:
     stats = driver.stats({"path": str(source)})
     assert stats == {
@@ -367,11 +386,11 @@ def test_backup_order_metadata_and_progress(driver: FilesystemDriver, source: Pa
     writer, stats = backup(driver, source, progress)
     assert writer.paths == [
         "caf\udce9.txt",
-        "d\udcff",
-        "d\udcff/inner",
         "docs",
         "docs/empty.txt",
         "docs/readme.md",
+        "d\udcff",  # sorted by name: U+DCFF (the escaped byte 0xff) after 'o'
+        "d\udcff/inner",
         "emptydir",
         "links",
         "links/abs",
@@ -407,8 +426,15 @@ def test_backup_order_metadata_and_progress(driver: FilesystemDriver, source: Pa
         ({"include": ["*.py"], "exclude": ["src"]}, []),
         (
             {"exclude": ["*.log", "links", "d\udcff", "caf*", "data.bin"]},
-            ["docs", "docs/empty.txt", "docs/readme.md", "emptydir", "src", "src/app.py",
-             "src/build"],
+            [
+                "docs",
+                "docs/empty.txt",
+                "docs/readme.md",
+                "emptydir",
+                "src",
+                "src/app.py",
+                "src/build",
+            ],
         ),
         (
             {"exclude": ["src/build"], "include": ["src"]},
@@ -490,7 +516,9 @@ def test_one_file_system_keeps_the_mount_point_empty(
         st = real_stat(path, *args, **kwargs)
         if path == "mnt":  # pretend something is mounted there
             fields = ("st_mode", "st_ino", "st_size", "st_mtime_ns")
-            return types.SimpleNamespace(st_dev=st.st_dev + 1, **{f: getattr(st, f) for f in fields})
+            return types.SimpleNamespace(
+                st_dev=st.st_dev + 1, **{f: getattr(st, f) for f in fields}
+            )
         return st
 
     monkeypatch.setattr(os, "stat", fake_stat)
@@ -638,9 +666,7 @@ def test_existing_symlink_in_the_target_is_not_followed(
     assert list(outside.iterdir()) == []
 
 
-def test_symlink_where_the_backup_has_a_directory(
-    driver: FilesystemDriver, tmp_path: Path
-) -> None:
+def test_symlink_where_the_backup_has_a_directory(driver: FilesystemDriver, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     write(outside / "keep", b"keep")
@@ -665,14 +691,14 @@ def test_integrity_error_mid_file_leaves_no_file(driver: FilesystemDriver, tmp_p
     target.mkdir()
     write(target / "old", b"previous")
     items: list[tuple[Entry, bytes | BinaryIO | None]] = [
-        (Entry("big", size=10), FailingStream(b"12345")),  # type: ignore[list-item]
+        (Entry("big", size=10), cast(BinaryIO, FailingStream(b"12345"))),
     ]
     with pytest.raises(IntegrityError):
         restore(driver, MemoryReader(items), target, mode="replace")
     assert sorted(os.listdir(target)) == ["old"]  # no 'big', no temporary file
 
     # The same with a previous version of the file in place: it is left untouched.
-    items = [(Entry("old", size=10), FailingStream(b"12345"))]  # type: ignore[list-item]
+    items = [(Entry("old", size=10), cast(BinaryIO, FailingStream(b"12345")))]
     with pytest.raises(IntegrityError):
         restore(driver, MemoryReader(items), target, mode="replace")
     assert sorted(os.listdir(target)) == ["old"]
@@ -733,8 +759,9 @@ def test_dry_run_reports_and_changes_nothing(
     assert reader.exhausted
     changes = report["changes"]
     assert changes["create"] == ["src/app.py"]
-    # docs and src are updates too: editing their content moved their mtime.
-    assert sorted(changes["update"]) == ["docs", "docs/empty.txt", "docs/readme.md", "src"]
+    # src is an update too: deleting app.py moved its mtime (rewriting readme.md in
+    # place did not move docs').
+    assert sorted(changes["update"]) == ["docs/empty.txt", "docs/readme.md", "src"]
     assert changes["delete"] == [
         "extra.txt",
         "extradir",
@@ -742,9 +769,9 @@ def test_dry_run_reports_and_changes_nothing(
         "extradir/inner.txt",
         "zlink",
     ]
-    assert (changes["create_count"], changes["update_count"], changes["delete_count"]) == (1, 4, 5)
-    assert report["created"] == 1 and report["updated"] == 4 and report["deleted"] == 5
-    assert report["unchanged"] == 17 - 5
+    assert (changes["create_count"], changes["update_count"], changes["delete_count"]) == (1, 3, 5)
+    assert report["created"] == 1 and report["updated"] == 3 and report["deleted"] == 5
+    assert report["unchanged"] == 17 - 4
     assert report["bytes_written"] == 0 and report["mode"] == "dry-run"
 
 
@@ -793,7 +820,7 @@ def test_replace_deletes_extras_without_following_links(
     report = restore(driver, reader_of(writer), target, mode="replace")
     assert snapshot(target) == snapshot(source)
     assert (outside / "precious").read_bytes() == b"do not delete"
-    assert report["deleted"] == 5 and report["updated"] == 2  # docs/readme.md and docs
+    assert report["deleted"] == 5 and report["updated"] == 1  # docs/readme.md
     assert report["bytes_written"] == 6
 
 
@@ -812,7 +839,9 @@ def test_replace_only_deletes_within_the_include_scope(
     assert not (target / "docs" / "old.md").exists()
     assert not (target / "zzz" / "old.log").exists()
     assert (target / "other.txt").exists() and (target / "zzz" / "keep.txt").exists()
-    assert (target / "docs" / "readme.md").exists() and (target / "src" / "build" / "out.log").exists()
+    assert (target / "docs" / "readme.md").exists() and (
+        target / "src" / "build" / "out.log"
+    ).exists()
     assert not (target / "src" / "app.py").exists()
     assert report["deleted"] == 2
 
