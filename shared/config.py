@@ -88,4 +88,3 @@ def settings(config: Mapping[str, Any] | None = None) -> Settings:
         backup_concurrency=int(_get(config, "COFFER_BACKUP_CONCURRENCY", "2") or 2),
         restore_concurrency=int(_get(config, "COFFER_RESTORE_CONCURRENCY", "2") or 2),
     )
-

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from functools import partial
@@ -125,10 +126,8 @@ class RawQueueConsumer(QueueConsumer):
 
     def reject_message(self, message: Any) -> None:
         if message.channel.connection:
-            try:
+            with contextlib.suppress(ConnectionError):
                 message.reject(requeue=False)
-            except ConnectionError:  # pragma: no cover
-                pass
 
 
 def decode_json(message: Any) -> Any:
@@ -199,5 +198,3 @@ class ContractConsumer(Entrypoint, HeaderDecoder):
 
 
 consume_contract = ContractConsumer.decorator
-
-

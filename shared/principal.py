@@ -55,7 +55,8 @@ class Principal:
                 from shared.errors import ValidationFailed
 
                 raise ValidationFailed(
-                    "an admin must name the tenant", {"tenant": ["Missing data for required field."]}
+                    "an admin must name the tenant",
+                    {"tenant": ["Missing data for required field."]},
                 )
             return requested
         if requested not in (None, self.tenant):
@@ -68,4 +69,6 @@ SYSTEM = Principal(id="coffer", role="admin", tenant=None, kind="system", name="
 
 def service_principal(tenant: str, requested_by: str) -> Principal:
     """A message on the bus acts as an operator of the tenant it names."""
-    return Principal(id=requested_by, role="operator", tenant=tenant, kind="service", name=requested_by)
+    return Principal(
+        id=requested_by, role="operator", tenant=tenant, kind="service", name=requested_by
+    )

@@ -27,7 +27,9 @@ RESTORE_REQUESTED = "restore.requested"
 BACKUP_EVENTS = ("backup.started", "backup.completed", "backup.failed", "backup.cancelled")
 RESTORE_EVENTS = ("restore.started", "restore.completed", "restore.failed")
 
-NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", error="must be 1-63 of A-Z a-z 0-9 . _ -")
+NAME = validate.Regexp(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", error="must be 1-63 of A-Z a-z 0-9 . _ -"
+)
 REQUEST_ID = validate.Length(min=1, max=128)
 
 
@@ -37,7 +39,9 @@ class _Strict(Schema):
 
 
 class BackupRequested(_Strict):
-    schema_version = fields.Integer(required=True, validate=validate.OneOf(SUPPORTED_SCHEMA_VERSIONS))
+    schema_version = fields.Integer(
+        required=True, validate=validate.OneOf(SUPPORTED_SCHEMA_VERSIONS)
+    )
     request_id = fields.String(required=True, validate=REQUEST_ID)
     tenant = fields.String(required=True, validate=NAME)
     source = fields.String(required=True, validate=validate.Length(min=1, max=128))
@@ -46,7 +50,9 @@ class BackupRequested(_Strict):
 
 
 class RestoreRequested(_Strict):
-    schema_version = fields.Integer(required=True, validate=validate.OneOf(SUPPORTED_SCHEMA_VERSIONS))
+    schema_version = fields.Integer(
+        required=True, validate=validate.OneOf(SUPPORTED_SCHEMA_VERSIONS)
+    )
     request_id = fields.String(required=True, validate=REQUEST_ID)
     tenant = fields.String(required=True, validate=NAME)
     backup_id = fields.String(required=True, validate=validate.Length(min=1, max=64))

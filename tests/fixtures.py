@@ -159,7 +159,9 @@ class Api:
         headers = dict(kwargs.pop("headers", {}))
         if self.token is not None:
             headers.setdefault("Authorization", f"Bearer {self.token}")
-        return self.http.request(method, self.base_url + path, headers=headers, timeout=60, **kwargs)
+        return self.http.request(
+            method, self.base_url + path, headers=headers, timeout=60, **kwargs
+        )
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -173,8 +175,12 @@ class Api:
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
 
-    def wait_for(self, path: str, statuses: tuple[str, ...] = ("completed", "failed", "cancelled"),
-                 timeout: float = 60.0) -> dict[str, Any]:
+    def wait_for(
+        self,
+        path: str,
+        statuses: tuple[str, ...] = ("completed", "failed", "cancelled"),
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         """Poll a job until it reaches one of ``statuses`` (a deadline, not a timed assertion)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -22,7 +22,9 @@ def make_tree(root: Path) -> Path:
     (root / "empty-dir").mkdir()
     os.symlink("docs/readme.txt", root / "link-to-readme")
     os.symlink("/nonexistent/target", root / "dangling")
-    os.utime(root / "docs" / "readme.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.utime(
+        root / "docs" / "readme.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789)
+    )
     return root
 
 

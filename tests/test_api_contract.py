@@ -99,23 +99,83 @@ def test_other_tenants_resources_answer_404(platform: Platform, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "code"),
     [
-        ("POST", "/api/v1/backups", {"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
+        (
+            "POST",
+            "/api/v1/backups",
+            {"data": "{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
         ("POST", "/api/v1/backups", {"data": ""}, 400, "invalid_json"),
         ("POST", "/api/v1/backups", {"json": ["a list"]}, 400, "validation_failed"),
-        ("POST", "/api/v1/backups", {"json": {"source": "x", "colour": "red"}}, 400, "validation_failed"),
+        (
+            "POST",
+            "/api/v1/backups",
+            {"json": {"source": "x", "colour": "red"}},
+            400,
+            "validation_failed",
+        ),
         ("POST", "/api/v1/backups", {"json": {}}, 400, "validation_failed"),
-        ("POST", "/api/v1/backups", {"json": {"source": "does-not-exist"}}, 404, "source_not_found"),
+        (
+            "POST",
+            "/api/v1/backups",
+            {"json": {"source": "does-not-exist"}},
+            404,
+            "source_not_found",
+        ),
         ("GET", "/api/v1/backups/0123456789abcdef", {}, 404, "backup_not_found"),
         ("GET", "/api/v1/backups", {"params": {"status": "sleeping"}}, 400, "validation_failed"),
         ("GET", "/api/v1/backups", {"params": {"per_page": "0"}}, 400, "validation_failed"),
         ("GET", "/api/v1/backups", {"params": {"since": "yesterday"}}, 400, "validation_failed"),
-        ("POST", "/api/v1/sources", {"json": {"name": "s", "driver": "floppy", "config": {}}}, 400, "unknown_driver"),
-        ("POST", "/api/v1/sources", {"json": {"name": "s", "driver": "filesystem", "config": {"path": "relative"}}}, 400, "invalid_source_config"),
-        ("POST", "/api/v1/sources", {"json": {"name": "s", "driver": "filesystem", "config": {"path": "/x", "bogus": 1}}}, 400, "invalid_source_config"),
-        ("POST", "/api/v1/sources", {"json": {"name": "s", "driver": "filesystem", "config": {"path": "/does/not/exist"}}}, 422, "source_unavailable"),
-        ("POST", "/api/v1/sources", {"json": {"name": "bad name!", "driver": "filesystem", "config": {}}}, 400, "validation_failed"),
-        ("POST", "/api/v1/restores", {"json": {"backup_id": "nope", "mode": "merge"}}, 404, "backup_not_found"),
-        ("POST", "/api/v1/restores", {"json": {"backup_id": "nope", "mode": "overwrite"}}, 400, "validation_failed"),
+        (
+            "POST",
+            "/api/v1/sources",
+            {"json": {"name": "s", "driver": "floppy", "config": {}}},
+            400,
+            "unknown_driver",
+        ),
+        (
+            "POST",
+            "/api/v1/sources",
+            {"json": {"name": "s", "driver": "filesystem", "config": {"path": "relative"}}},
+            400,
+            "invalid_source_config",
+        ),
+        (
+            "POST",
+            "/api/v1/sources",
+            {"json": {"name": "s", "driver": "filesystem", "config": {"path": "/x", "bogus": 1}}},
+            400,
+            "invalid_source_config",
+        ),
+        (
+            "POST",
+            "/api/v1/sources",
+            {"json": {"name": "s", "driver": "filesystem", "config": {"path": "/does/not/exist"}}},
+            422,
+            "source_unavailable",
+        ),
+        (
+            "POST",
+            "/api/v1/sources",
+            {"json": {"name": "bad name!", "driver": "filesystem", "config": {}}},
+            400,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/api/v1/restores",
+            {"json": {"backup_id": "nope", "mode": "merge"}},
+            404,
+            "backup_not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/restores",
+            {"json": {"backup_id": "nope", "mode": "overwrite"}},
+            400,
+            "validation_failed",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_error(
@@ -146,12 +206,18 @@ def test_source_secrets_and_updates(platform: Platform, tmp_path: Path) -> None:
         json={"name": "s1", "driver": "filesystem", "config": {"path": str(tmp_path / "a")}},
     )
     assert dup.status_code == 409 and dup.json()["error"]["code"] == "already_exists"
-    resp = operator.patch(f"/api/v1/sources/{source['id']}", json={"config": {"path": str(tmp_path / "b")}})
+    resp = operator.patch(
+        f"/api/v1/sources/{source['id']}", json={"config": {"path": str(tmp_path / "b")}}
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["config"]["path"] == str(tmp_path / "b")
-    resp = operator.patch(f"/api/v1/sources/{source['id']}", json={"config": {"path": "/no/such/dir"}})
+    resp = operator.patch(
+        f"/api/v1/sources/{source['id']}", json={"config": {"path": "/no/such/dir"}}
+    )
     assert resp.status_code == 422
-    assert operator.get(f"/api/v1/sources/{source['id']}").json()["config"]["path"] == str(tmp_path / "b")
+    assert operator.get(f"/api/v1/sources/{source['id']}").json()["config"]["path"] == str(
+        tmp_path / "b"
+    )
     assert operator.delete(f"/api/v1/sources/{source['id']}").status_code == 200
     assert operator.get(f"/api/v1/sources/{source['id']}").status_code == 404
 
@@ -173,13 +239,38 @@ def test_every_operation_is_audited_exactly_once(platform: Platform, tmp_path: P
     (tmp_path / "src").mkdir()
 
     cases = [
-        (operator, "POST", "/api/v1/sources",
-         {"json": {"name": "aud", "driver": "filesystem", "config": {"path": str(tmp_path / "src")}}},
-         "source.create", "success"),
+        (
+            operator,
+            "POST",
+            "/api/v1/sources",
+            {
+                "json": {
+                    "name": "aud",
+                    "driver": "filesystem",
+                    "config": {"path": str(tmp_path / "src")},
+                }
+            },
+            "source.create",
+            "success",
+        ),
         (viewer, "POST", "/api/v1/backups", {"json": {"source": "aud"}}, "backup.create", "denied"),
         (platform.anonymous, "GET", "/api/v1/backups", {}, "backup.list", "denied"),
-        (operator, "POST", "/api/v1/backups", {"json": {"source": "missing"}}, "backup.create", "failure"),
-        (operator, "POST", "/api/v1/backups", {"json": {"source": "aud"}}, "backup.create", "success"),
+        (
+            operator,
+            "POST",
+            "/api/v1/backups",
+            {"json": {"source": "missing"}},
+            "backup.create",
+            "failure",
+        ),
+        (
+            operator,
+            "POST",
+            "/api/v1/backups",
+            {"json": {"source": "aud"}},
+            "backup.create",
+            "success",
+        ),
     ]
     for api, method, path, kwargs, action, outcome in cases:
         request_id = uuid.uuid4().hex
@@ -201,7 +292,10 @@ def test_stats(platform: Platform, tmp_path: Path) -> None:
     operator = platform.token("operator", tenant)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_bytes(b"x" * 1000)
-    operator.post("/api/v1/sources", json={"name": "st", "driver": "filesystem", "config": {"path": str(tmp_path / "src")}})
+    operator.post(
+        "/api/v1/sources",
+        json={"name": "st", "driver": "filesystem", "config": {"path": str(tmp_path / "src")}},
+    )
     resp = operator.post("/api/v1/backups", json={"source": "st"})
     operator.wait_for(f"/api/v1/backups/{resp.json()['id']}")
     stats = operator.get("/api/v1/stats").json()

@@ -39,7 +39,7 @@ def test_service_container_builds_from_its_own_folder(name: str) -> None:
     dockerfile = ROOT / service["build"]["dockerfile"]
     assert dockerfile == ROOT / "services" / name / "Dockerfile"
     text = dockerfile.read_text()
-    cmd = re.search(r'CMD \[(.*)\]', text)
+    cmd = re.search(r"CMD \[(.*)\]", text)
     assert cmd, "Dockerfile has no CMD"
     args = [a.strip().strip('"') for a in cmd.group(1).split(",")]
     config = args[args.index("--config") + 1]

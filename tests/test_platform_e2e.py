@@ -18,7 +18,9 @@ from tests.helpers import make_tree, snapshot
 pytestmark = pytest.mark.integration
 
 
-def register_source(api: Any, tenant: str | None, path: Path, name: str = "files") -> dict[str, Any]:
+def register_source(
+    api: Any, tenant: str | None, path: Path, name: str = "files"
+) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "driver": "filesystem", "config": {"path": str(path)}}
     if tenant is not None:
         body["tenant"] = tenant
@@ -209,7 +211,9 @@ def test_invalid_messages_are_dead_lettered_and_audited(platform: Platform) -> N
 
     import pika
 
-    connection = pika.BlockingConnection(pika.URLParameters(platform.config["AMQP_URI"].replace("pyamqp:", "amqp:", 1)))
+    connection = pika.BlockingConnection(
+        pika.URLParameters(platform.config["AMQP_URI"].replace("pyamqp:", "amqp:", 1))
+    )
     try:
         channel = connection.channel()
         channel.exchange_declare("coffer", exchange_type="topic", durable=True)
@@ -234,7 +238,9 @@ def test_invalid_messages_are_dead_lettered_and_audited(platform: Platform) -> N
     assert any(marker.encode() in body for body in dead)
 
     def rejected() -> list[dict[str, Any]]:
-        resp = platform.admin.get("/api/v1/audit", params={"action": "message.reject", "per_page": 500})
+        resp = platform.admin.get(
+            "/api/v1/audit", params={"action": "message.reject", "per_page": 500}
+        )
         return [r for r in resp.json()["items"] if r["request_id"] == marker]
 
     deadline = time.monotonic() + 30
@@ -257,7 +263,9 @@ def test_same_request_id_over_http_is_one_backup(platform: Platform, tmp_path: P
     assert operator.get("/api/v1/backups").json()["total"] == 1
 
 
-def test_unreadable_source_fails_the_job_with_the_reason(platform: Platform, tmp_path: Path) -> None:
+def test_unreadable_source_fails_the_job_with_the_reason(
+    platform: Platform, tmp_path: Path
+) -> None:
     tenant = platform.tenant()
     operator = platform.token("operator", tenant)
     tree = make_tree(tmp_path / "src")
@@ -304,9 +312,16 @@ def test_a_tampered_backup_cannot_write_outside_the_target(
     prefix = f"tenants/{tenant}/backups/{backup['id']}/"
     store.put_bytes(prefix + "data.tar", data)
     manifest = {
-        "format": "coffer-archive", "version": 1, "tenant": tenant, "backup_id": backup["id"],
-        "entries": 1, "logical_bytes": len(payload), "stored_bytes": len(data),
-        "checksum": "sha256:" + hashlib.sha256(data).hexdigest(), "changed": [], "info": {},
+        "format": "coffer-archive",
+        "version": 1,
+        "tenant": tenant,
+        "backup_id": backup["id"],
+        "entries": 1,
+        "logical_bytes": len(payload),
+        "stored_bytes": len(data),
+        "checksum": "sha256:" + hashlib.sha256(data).hexdigest(),
+        "changed": [],
+        "info": {},
         "created_at": "2026-01-01T00:00:00Z",
     }
     store.put_bytes(prefix + "manifest.json", json.dumps(manifest).encode())

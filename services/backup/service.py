@@ -30,7 +30,7 @@ class BackupService:
     catalog_rpc = RpcProxy("catalog")
     audit = AuditTrail()
     publish = CofferPublisher()
-    jobs: JobHandle = JobRunner("backup", "services.backup.work")  # type: ignore[assignment]
+    jobs: JobHandle = JobRunner("backup", "services.backup.work")
 
     @rpc(expected_exceptions=CofferError)
     def check_source(self, driver: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -33,10 +33,11 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     CANCELLED: (PENDING, RUNNING),
 }
 
-JOB_MODELS: dict[str, type[Backup] | type[Restore]] = {"backup": Backup, "restore": Restore}
+JobModel = type[Backup] | type[Restore]
+JOB_MODELS: dict[str, type[Backup | Restore]] = {"backup": Backup, "restore": Restore}
 
 
-def job_model(kind: str) -> type[Backup] | type[Restore]:
+def job_model(kind: str) -> type[Backup | Restore]:
     try:
         return JOB_MODELS[kind]
     except KeyError:
@@ -60,15 +61,15 @@ def transition(
     now = utcnow()
     stmt = (
         update(model)
-        .where(model.id == job_id, model.status.in_(TRANSITIONS[to]))  # type: ignore[attr-defined]
+        .where(model.id == job_id, model.status.in_(TRANSITIONS[to]))
         .values(status=to, updated_at=now, **(values or {}))
     )
     if worker_id is not None:
-        stmt = stmt.where(model.worker_id == worker_id)  # type: ignore[arg-type]
+        stmt = stmt.where(model.worker_id == worker_id)
     if to in FINAL:
         stmt = stmt.values(finished_at=now, lease_expires_at=None)
     result = session.execute(stmt)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 def claim(
@@ -104,10 +105,10 @@ def record_progress(
     stmt = (
         update(model)
         .where(
-            model.id == job_id,  # type: ignore[arg-type]
-            model.status == RUNNING,  # type: ignore[arg-type]
-            model.worker_id == worker_id,  # type: ignore[arg-type]
-            model.progress_seq < seq,  # type: ignore[arg-type]
+            model.id == job_id,
+            model.status == RUNNING,
+            model.worker_id == worker_id,
+            model.progress_seq < seq,
         )
         .values(
             progress_seq=seq,
@@ -115,8 +116,8 @@ def record_progress(
             **values,
         )
     )
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    return bool(session.execute(stmt).rowcount)
 
 
 def expired(model: type[JobColumns], now: datetime) -> Any:
-    return (model.status == RUNNING) & (model.lease_expires_at < now)  # type: ignore[operator]
+    return (model.status == RUNNING) & (model.lease_expires_at < now)

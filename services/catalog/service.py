@@ -11,7 +11,7 @@ import hashlib
 import logging
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
@@ -42,12 +42,12 @@ from services.catalog.views import (
 )
 from shared import wire
 from shared.config import Settings
-from shared.dependencies import SettingsProvider
 from shared.crypto import SecretBox
+from shared.dependencies import SettingsProvider
 from shared.errors import (
     AlreadyExists,
-    CofferError,
     BackupNotFound,
+    CofferError,
     InvalidState,
     NotFound,
     RestoreNotFound,
@@ -76,14 +76,13 @@ def hash_token(token: str) -> str:
 class CatalogService:
     name = "catalog"
 
-    db: Session = CatalogDatabase()  # type: ignore[assignment]
+    db: Session = CatalogDatabase()
     dispatch = EventDispatcher()
     publish = CofferPublisher()
     audit = AuditTrail()
     settings: Settings = SettingsProvider()
 
     # -- plumbing -----------------------------------------------------------------
-
 
     def _box(self) -> SecretBox:
         return SecretBox(self.settings.master_key())
@@ -173,9 +172,9 @@ class CatalogService:
             )
         raise SourceNotFound(f"no source {ref!r}", {"source": ref})
 
-    def _seal_config(self, source_id: str, driver_name: str, config: dict[str, Any]) -> tuple[
-        dict[str, Any], str | None
-    ]:
+    def _seal_config(
+        self, source_id: str, driver_name: str, config: dict[str, Any]
+    ) -> tuple[dict[str, Any], str | None]:
         driver = get_driver(driver_name)
         hidden = {k: config[k] for k in driver.secret_fields if config.get(k) is not None}
         public = {k: (REDACTED if k in hidden else v) for k, v in config.items()}
@@ -194,7 +193,9 @@ class CatalogService:
         who = Principal.from_dict(principal)
         tenant = who.tenant_for_write(data.get("tenant"))
         self._tenant(tenant)
-        row = Source(id=new_id(), tenant=tenant, name=data["name"], driver=data["driver"], config={})
+        row = Source(
+            id=new_id(), tenant=tenant, name=data["name"], driver=data["driver"], config={}
+        )
         row.config, row.secrets = self._seal_config(row.id, row.driver, data["config"])
         self.db.add(row)
         try:
@@ -208,7 +209,9 @@ class CatalogService:
         return source_view(row)
 
     @rpc(expected_exceptions=CofferError)
-    def list_sources(self, principal: dict[str, Any], tenant: str | None = None) -> list[dict[str, Any]]:
+    def list_sources(
+        self, principal: dict[str, Any], tenant: str | None = None
+    ) -> list[dict[str, Any]]:
         who = Principal.from_dict(principal)
         query = select(Source).order_by(Source.tenant, Source.name)
         scope = who.tenant_filter(tenant)
@@ -254,9 +257,7 @@ class CatalogService:
             .where(Backup.source_id == row.id, Backup.status.in_((jobs.PENDING, jobs.RUNNING)))
         )
         if busy:
-            raise InvalidState(
-                "the source has a backup pending or running", {"source": row.id}
-            )
+            raise InvalidState("the source has a backup pending or running", {"source": row.id})
         view = source_view(row)
         self.db.delete(row)
         self.db.commit()
@@ -296,7 +297,9 @@ class CatalogService:
         except DBIntegrityError:  # the same request_id raced in from another instance
             self.db.rollback()
             existing = self.db.scalar(
-                select(Backup).where(Backup.tenant == source.tenant, Backup.request_id == request_id)
+                select(Backup).where(
+                    Backup.tenant == source.tenant, Backup.request_id == request_id
+                )
             )
             if existing is None:
                 raise
@@ -453,9 +456,15 @@ class CatalogService:
         if isinstance(row, Backup):
             source = self.db.get(Source, row.source_id) if row.source_id else None
             if source is None:
-                self._finish(kind, row.id, worker_id, jobs.FAILED, error=SourceNotFound(
-                    "the source was deleted before the backup started"
-                ).to_dict())
+                self._finish(
+                    kind,
+                    row.id,
+                    worker_id,
+                    jobs.FAILED,
+                    error=SourceNotFound(
+                        "the source was deleted before the backup started"
+                    ).to_dict(),
+                )
                 return None
             return {
                 "kind": kind,
@@ -464,12 +473,13 @@ class CatalogService:
                 "config": self._open_config(source),
                 "lease_seconds": lease,
             }
+        assert isinstance(row, Restore)
         target = dict(row.target)
-        if row.target_secrets:  # type: ignore[union-attr]
-            target.update(self._box().open(row.target_secrets, aad=f"restore:{row.id}"))  # type: ignore[union-attr]
+        if row.target_secrets:
+            target.update(self._box().open(row.target_secrets, aad=f"restore:{row.id}"))
         return {
             "kind": kind,
-            "job": restore_view(row),  # type: ignore[arg-type]
+            "job": restore_view(row),
             "driver": row.driver,
             "target": target,
             "lease_seconds": lease,
@@ -530,7 +540,7 @@ class CatalogService:
             self.db.rollback()
             log.info("ignored late %s for %s %s", status, kind, job_id)
             return False
-        row = self.db.get(model, job_id)
+        row = cast(Backup | Restore | None, self.db.get(model, job_id))
         assert row is not None
         self.db.refresh(row)
         self._announce(kind, row, status)
@@ -582,7 +592,8 @@ class CatalogService:
         """A running job whose lease ran out has lost its worker: it fails, never hangs."""
         now = utcnow()
         for kind, model in jobs.JOB_MODELS.items():
-            for row in self.db.scalars(select(model).where(jobs.expired(model, now))).all():
+            expired = self.db.scalars(select(model).where(jobs.expired(model, now))).all()
+            for row in cast(list[Backup | Restore], expired):
                 self._finish(
                     kind,
                     row.id,
@@ -602,7 +613,7 @@ class CatalogService:
             rows = self.db.scalars(
                 select(model).where(model.status == jobs.PENDING, model.dispatched_at < cutoff)
             ).all()
-            for row in rows:
+            for row in cast(list[Backup | Restore], rows):
                 row.dispatched_at = utcnow()
                 outbox.enqueue(self.db, outbox.INTERNAL, f"{kind}_queued", {"job_id": row.id})
         self.db.commit()
@@ -663,4 +674,3 @@ class CatalogService:
             "bytes": {"stored": int(stored), "logical": int(logical)},
             "sources": sorted(last_success, key=lambda s: (s["tenant"], s["source"])),
         }
-

@@ -88,7 +88,9 @@ class Call:
         return self.who.to_dict()
 
 
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         json.dumps(payload, default=str),
         status=status,
@@ -129,7 +131,9 @@ def _json_body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"the request body is not valid JSON: {exc}", {"body": [str(exc)]}) from exc
+        raise InvalidJSON(
+            f"the request body is not valid JSON: {exc}", {"body": [str(exc)]}
+        ) from exc
 
 
 def api(
@@ -216,9 +220,13 @@ class ApiMixin:
             if route.body is not None:
                 payload = _json_body(request)
                 if not isinstance(payload, dict):
-                    raise ValidationFailed("the body must be a JSON object", {"body": ["not an object"]})
+                    raise ValidationFailed(
+                        "the body must be a JSON object", {"body": ["not an object"]}
+                    )
                 call.body = _load(route.body, payload, "request body")
-            with eventlet.Timeout(RPC_TIMEOUT, ServiceUnavailable("a Coffer service did not answer in time")):
+            with eventlet.Timeout(
+                RPC_TIMEOUT, ServiceUnavailable("a Coffer service did not answer in time")
+            ):
                 result = fn(self, call, **path_args)
         except Exception as exc:
             if not isinstance(exc, CofferError):

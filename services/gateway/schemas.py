@@ -184,7 +184,9 @@ class RestoreCreate(Strict):
         allow_none=True,
         metadata={"description": "the source name, required by mode 'replace'"},
     )
-    request_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+    request_id = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=128)
+    )
 
 
 class RestoreOut(Schema):

@@ -42,14 +42,20 @@ class GatewayService(ApiMixin):
     audit = AuditTrail()
     settings: Settings = SettingsProvider()
 
-
     def repository(self) -> Repository:
         return open_repository(self.settings.store_url)
 
     # -- health and the document --------------------------------------------------------
 
-    @api("GET", "/healthz", summary="Check broker, catalog and store", action="health.read",
-         roles=None, response=s.Health, errors=(503,))
+    @api(
+        "GET",
+        "/healthz",
+        summary="Check broker, catalog and store",
+        action="health.read",
+        roles=None,
+        response=s.Health,
+        errors=(503,),
+    )
     def healthz(self, call: Call) -> Any:
         checks = {
             "broker": self._check(self._check_broker),
@@ -74,21 +80,41 @@ class GatewayService(ApiMixin):
             return {"status": "unavailable", "error": f"{type(exc).__name__}: {exc}"}
         return {"status": "ok"}
 
-    @api("GET", "/api/v1/openapi.json", summary="The OpenAPI document", action="openapi.read",
-         roles=None)
+    @api(
+        "GET",
+        "/api/v1/openapi.json",
+        summary="The OpenAPI document",
+        action="openapi.read",
+        roles=None,
+    )
     def openapi(self, call: Call) -> Any:
         return build_spec()
 
     # -- tenants and tokens -----------------------------------------------------------------
 
-    @api("GET", "/api/v1/tenants", summary="List tenants", action="tenant.list", roles=ADMIN,
-         response=s.TenantOut)
+    @api(
+        "GET",
+        "/api/v1/tenants",
+        summary="List tenants",
+        action="tenant.list",
+        roles=ADMIN,
+        response=s.TenantOut,
+    )
     def list_tenants(self, call: Call) -> Any:
         return {"items": self.catalog_rpc.list_tenants()}
 
-    @api("POST", "/api/v1/tenants", summary="Create a tenant", action="tenant.create",
-         roles=ADMIN, body=s.TenantCreate, response=s.TenantOut, status=201,
-         audit_success=True, errors=(409,))
+    @api(
+        "POST",
+        "/api/v1/tenants",
+        summary="Create a tenant",
+        action="tenant.create",
+        roles=ADMIN,
+        body=s.TenantCreate,
+        response=s.TenantOut,
+        status=201,
+        audit_success=True,
+        errors=(409,),
+    )
     def create_tenant(self, call: Call) -> Any:
         call.resource_id = call.tenant = call.body["name"]
         return self.catalog_rpc.create_tenant(call.body["name"])
@@ -97,51 +123,101 @@ class GatewayService(ApiMixin):
     def list_tokens(self, call: Call) -> Any:
         return {"items": self.catalog_rpc.list_tokens()}
 
-    @api("POST", "/api/v1/tokens", summary="Create a token", action="token.create",
-         roles=ADMIN, body=s.TokenCreate, response=s.TokenOut, status=201,
-         audit_success=True, errors=(404,))
+    @api(
+        "POST",
+        "/api/v1/tokens",
+        summary="Create a token",
+        action="token.create",
+        roles=ADMIN,
+        body=s.TokenCreate,
+        response=s.TokenOut,
+        status=201,
+        audit_success=True,
+        errors=(404,),
+    )
     def create_token(self, call: Call) -> Any:
         call.tenant = call.body["tenant"]
-        token = self.catalog_rpc.create_token(call.body["name"], call.body["role"], call.body["tenant"])
+        token = self.catalog_rpc.create_token(
+            call.body["name"], call.body["role"], call.body["tenant"]
+        )
         call.resource_id = token["id"]
         call.audit_details = {"role": token["role"], "name": token["name"]}
         return token
 
-    @api("DELETE", "/api/v1/tokens/<token_id>", summary="Revoke a token",
-         action="token.revoke", roles=ADMIN, response=s.TokenOut, audit_success=True,
-         errors=(404,))
+    @api(
+        "DELETE",
+        "/api/v1/tokens/<token_id>",
+        summary="Revoke a token",
+        action="token.revoke",
+        roles=ADMIN,
+        response=s.TokenOut,
+        audit_success=True,
+        errors=(404,),
+    )
     def revoke_token(self, call: Call, token_id: str) -> Any:
         return self.catalog_rpc.revoke_token(token_id)
 
     # -- sources ----------------------------------------------------------------------------
 
-    @api("GET", "/api/v1/sources", summary="List sources", action="source.list", roles=READ,
-         query=s.SourceQuery)
+    @api(
+        "GET",
+        "/api/v1/sources",
+        summary="List sources",
+        action="source.list",
+        roles=READ,
+        query=s.SourceQuery,
+    )
     def list_sources(self, call: Call) -> Any:
         items = self.catalog_rpc.list_sources(call.p, call.query.get("tenant"))
         return {"items": items, "total": len(items)}
 
-    @api("POST", "/api/v1/sources", summary="Register a source", action="source.create",
-         roles=WRITE, body=s.SourceCreate, response=s.SourceOut, status=201,
-         audit_success=True, errors=(404, 409, 422))
+    @api(
+        "POST",
+        "/api/v1/sources",
+        summary="Register a source",
+        action="source.create",
+        roles=WRITE,
+        body=s.SourceCreate,
+        response=s.SourceOut,
+        status=201,
+        audit_success=True,
+        errors=(404, 409, 422),
+    )
     def create_source(self, call: Call) -> Any:
         body = call.body
         call.tenant = call.who.tenant_for_write(body["tenant"])
         get_driver(body["driver"])  # unknown_driver before anything else
         config = self.backup_rpc.check_source(body["driver"], body["config"])
-        source = self.catalog_rpc.create_source(call.p, {**body, "tenant": call.tenant, "config": config})
+        source = self.catalog_rpc.create_source(
+            call.p, {**body, "tenant": call.tenant, "config": config}
+        )
         call.resource_id = source["id"]
         call.audit_details = {"name": source["name"], "driver": source["driver"]}
         return source
 
-    @api("GET", "/api/v1/sources/<source_id>", summary="Show a source", action="source.read",
-         roles=READ, response=s.SourceOut, errors=(404,))
+    @api(
+        "GET",
+        "/api/v1/sources/<source_id>",
+        summary="Show a source",
+        action="source.read",
+        roles=READ,
+        response=s.SourceOut,
+        errors=(404,),
+    )
     def get_source(self, call: Call, source_id: str) -> Any:
         return self.catalog_rpc.get_source(call.p, source_id)
 
-    @api("PATCH", "/api/v1/sources/<source_id>", summary="Change a source",
-         action="source.update", roles=WRITE, body=s.SourcePatch, response=s.SourceOut,
-         audit_success=True, errors=(404, 409, 422))
+    @api(
+        "PATCH",
+        "/api/v1/sources/<source_id>",
+        summary="Change a source",
+        action="source.update",
+        roles=WRITE,
+        body=s.SourcePatch,
+        response=s.SourceOut,
+        audit_success=True,
+        errors=(404, 409, 422),
+    )
     def update_source(self, call: Call, source_id: str) -> Any:
         current = self.catalog_rpc.source_config(call.p, source_id)
         call.tenant = current["tenant"]
@@ -159,9 +235,16 @@ class GatewayService(ApiMixin):
         call.audit_details = {"changed": sorted(call.body)}
         return self.catalog_rpc.update_source(call.p, current["id"], patch)
 
-    @api("DELETE", "/api/v1/sources/<source_id>", summary="Delete a source",
-         action="source.delete", roles=WRITE, response=s.SourceOut, audit_success=True,
-         errors=(404, 409))
+    @api(
+        "DELETE",
+        "/api/v1/sources/<source_id>",
+        summary="Delete a source",
+        action="source.delete",
+        roles=WRITE,
+        response=s.SourceOut,
+        audit_success=True,
+        errors=(404, 409),
+    )
     def delete_source(self, call: Call, source_id: str) -> Any:
         source = self.catalog_rpc.delete_source(call.p, source_id)
         call.tenant = source["tenant"]
@@ -169,9 +252,18 @@ class GatewayService(ApiMixin):
 
     # -- backups -------------------------------------------------------------------------------
 
-    @api("POST", "/api/v1/backups", summary="Start a backup", action="backup.create",
-         roles=WRITE, body=s.BackupCreate, response=s.BackupOut, status=202,
-         audit_success=True, errors=(404,))
+    @api(
+        "POST",
+        "/api/v1/backups",
+        summary="Start a backup",
+        action="backup.create",
+        roles=WRITE,
+        body=s.BackupCreate,
+        response=s.BackupOut,
+        status=202,
+        audit_success=True,
+        errors=(404,),
+    )
     def create_backup(self, call: Call) -> Any:
         result = self.backup_rpc.request_backup(
             call.p, {**call.body, "requested_by": call.who.name or call.who.id}
@@ -181,26 +273,50 @@ class GatewayService(ApiMixin):
         call.audit_details = {"source": backup["source"], "created": result["created"]}
         return (202 if result["created"] else 200), backup
 
-    @api("GET", "/api/v1/backups", summary="List backups", action="backup.list", roles=READ,
-         query=s.BackupQuery, response=s.BackupPage)
+    @api(
+        "GET",
+        "/api/v1/backups",
+        summary="List backups",
+        action="backup.list",
+        roles=READ,
+        query=s.BackupQuery,
+        response=s.BackupPage,
+    )
     def list_backups(self, call: Call) -> Any:
         page, per_page = call.query.pop("page"), call.query.pop("per_page")
-        filters = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()}
+        filters = {
+            k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()
+        }
         return self.catalog_rpc.list_backups(call.p, filters, page, per_page)
 
-    @api("GET", "/api/v1/backups/<backup_id>", summary="Show a backup", action="backup.read",
-         roles=READ, response=s.BackupOut, errors=(404,))
+    @api(
+        "GET",
+        "/api/v1/backups/<backup_id>",
+        summary="Show a backup",
+        action="backup.read",
+        roles=READ,
+        response=s.BackupOut,
+        errors=(404,),
+    )
     def get_backup(self, call: Call, backup_id: str) -> Any:
         return self.catalog_rpc.get_backup(call.p, backup_id)
 
-    @api("GET", "/api/v1/backups/<backup_id>/download", summary="Download a backup as a tar",
-         action="backup.download", roles=WRITE, audit_success=True, errors=(404, 409))
+    @api(
+        "GET",
+        "/api/v1/backups/<backup_id>/download",
+        summary="Download a backup as a tar",
+        action="backup.download",
+        roles=WRITE,
+        audit_success=True,
+        errors=(404, 409),
+    )
     def download_backup(self, call: Call, backup_id: str) -> Any:
         backup = self.catalog_rpc.get_backup(call.p, backup_id)
         call.tenant = backup["tenant"]
         if backup["status"] != "completed":
             raise InvalidState(
-                f"backup {backup_id} is {backup['status']}; only completed backups can be downloaded",
+                f"backup {backup_id} is {backup['status']}; "
+                "only completed backups can be downloaded",
                 {"status": backup["status"]},
             )
         stream = self.repository().export_tar(backup["tenant"], backup_id)
@@ -218,9 +334,16 @@ class GatewayService(ApiMixin):
             direct_passthrough=True,
         )
 
-    @api("DELETE", "/api/v1/backups/<backup_id>", summary="Delete a backup",
-         action="backup.delete", roles=WRITE, response=s.BackupOut, audit_success=True,
-         errors=(404, 409))
+    @api(
+        "DELETE",
+        "/api/v1/backups/<backup_id>",
+        summary="Delete a backup",
+        action="backup.delete",
+        roles=WRITE,
+        response=s.BackupOut,
+        audit_success=True,
+        errors=(404, 409),
+    )
     def delete_backup(self, call: Call, backup_id: str) -> Any:
         backup = self.catalog_rpc.delete_backup(call.p, backup_id)
         call.tenant = backup["tenant"]
@@ -228,9 +351,18 @@ class GatewayService(ApiMixin):
 
     # -- restores ------------------------------------------------------------------------------
 
-    @api("POST", "/api/v1/restores", summary="Start a restore", action="restore.create",
-         roles=WRITE, body=s.RestoreCreate, response=s.RestoreOut, status=202,
-         audit_success=True, errors=(404, 409, 422))
+    @api(
+        "POST",
+        "/api/v1/restores",
+        summary="Start a restore",
+        action="restore.create",
+        roles=WRITE,
+        body=s.RestoreCreate,
+        response=s.RestoreOut,
+        status=202,
+        audit_success=True,
+        errors=(404, 409, 422),
+    )
     def create_restore(self, call: Call) -> Any:
         call.resource_id = call.body["backup_id"]
         result = self.restore_rpc.request_restore(
@@ -245,39 +377,78 @@ class GatewayService(ApiMixin):
         }
         return (202 if result["created"] else 200), restore
 
-    @api("GET", "/api/v1/restores", summary="List restores", action="restore.list",
-         roles=READ, query=s.RestoreQuery, response=s.RestorePage)
+    @api(
+        "GET",
+        "/api/v1/restores",
+        summary="List restores",
+        action="restore.list",
+        roles=READ,
+        query=s.RestoreQuery,
+        response=s.RestorePage,
+    )
     def list_restores(self, call: Call) -> Any:
         page, per_page = call.query.pop("page"), call.query.pop("per_page")
-        filters = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()}
+        filters = {
+            k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()
+        }
         return self.catalog_rpc.list_restores(call.p, filters, page, per_page)
 
-    @api("GET", "/api/v1/restores/<restore_id>", summary="Show a restore and its report",
-         action="restore.read", roles=READ, response=s.RestoreOut, errors=(404,))
+    @api(
+        "GET",
+        "/api/v1/restores/<restore_id>",
+        summary="Show a restore and its report",
+        action="restore.read",
+        roles=READ,
+        response=s.RestoreOut,
+        errors=(404,),
+    )
     def get_restore(self, call: Call, restore_id: str) -> Any:
         return self.catalog_rpc.get_restore(call.p, restore_id)
 
     # -- audit and statistics -------------------------------------------------------------------
 
-    @api("GET", "/api/v1/audit", summary="Query the audit log", action="audit.list",
-         roles=AUDIT, query=s.AuditQuery, response=s.AuditPage)
+    @api(
+        "GET",
+        "/api/v1/audit",
+        summary="Query the audit log",
+        action="audit.list",
+        roles=AUDIT,
+        query=s.AuditQuery,
+        response=s.AuditPage,
+    )
     def list_audit(self, call: Call) -> Any:
         page, per_page = call.query.pop("page"), call.query.pop("per_page")
-        filters = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()}
+        filters = {
+            k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()
+        }
         scope = call.who.tenant_filter(filters.get("tenant"))
         if scope is not None:
             filters["tenant"] = scope
         return self.audit_rpc.query(filters, page, per_page)
 
-    @api("GET", "/api/v1/audit/verify", summary="Verify the audit hash chain",
-         action="audit.verify", roles=AUDIT, response=s.AuditVerification, audit_success=True)
+    @api(
+        "GET",
+        "/api/v1/audit/verify",
+        summary="Verify the audit hash chain",
+        action="audit.verify",
+        roles=AUDIT,
+        response=s.AuditVerification,
+        audit_success=True,
+    )
     def verify_audit(self, call: Call) -> Any:
         result = self.audit_rpc.verify()
         call.audit_details = {"ok": result["ok"], "records": result["records"]}
         return result
 
-    @api("GET", "/api/v1/stats", summary="Backup statistics", action="stats.read", roles=READ,
-         query=s.StatsQuery, response=s.Stats)
+    @api(
+        "GET",
+        "/api/v1/stats",
+        summary="Backup statistics",
+        action="stats.read",
+        roles=READ,
+        query=s.StatsQuery,
+        response=s.Stats,
+    )
     def stats(self, call: Call) -> Any:
         return self.catalog_rpc.stats(call.p, call.query.get("tenant"))
 

@@ -15,7 +15,7 @@ from nameko.events import event_handler
 from nameko.rpc import RpcProxy, rpc
 
 from shared import wire
-from shared.errors import ConfirmationRequired, CofferError, InvalidState, ValidationFailed
+from shared.errors import CofferError, ConfirmationRequired, InvalidState, ValidationFailed
 from shared.jobs.runner import JobHandle, JobRunner
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract
 from shared.principal import service_principal
@@ -31,11 +31,11 @@ class RestoreService:
     catalog_rpc = RpcProxy("catalog")
     audit = AuditTrail()
     publish = CofferPublisher()
-    jobs: JobHandle = JobRunner("restore", "services.restore.work")  # type: ignore[assignment]
+    jobs: JobHandle = JobRunner("restore", "services.restore.work")
 
     @rpc(expected_exceptions=CofferError)
     def request_restore(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        """``{backup_id, target?, mode, include?, confirm?, request_id?}`` -> ``{restore, created}``.
+        """``{backup_id, target?, mode, include?, confirm?, request_id?}`` -> ``{restore, created}``
 
         Refusals are raised before anything is recorded: an unknown backup, a backup
         that is not completed, a target the driver refuses, a destructive mode without
@@ -45,7 +45,8 @@ class RestoreService:
         backup, source = context["backup"], context["source"]
         if backup["status"] != "completed":
             raise InvalidState(
-                f"backup {backup['id']} is {backup['status']}; only completed backups can be restored",
+                f"backup {backup['id']} is {backup['status']}; "
+                "only completed backups can be restored",
                 {"status": backup["status"]},
             )
         driver = get_driver(backup["driver"])

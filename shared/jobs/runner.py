@@ -75,7 +75,8 @@ class JobRunner(DependencyProvider):
         self.settings = cfg
         limit = cfg.backup_concurrency if self.kind == "backup" else cfg.restore_concurrency
         self.slots = Semaphore(max(1, limit))
-        self.worker_id = f"{self.container.service_name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        host = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = f"{self.container.service_name}@{host}:{uuid.uuid4().hex[:8]}"
         self.dispatch = event_dispatcher(self.container.config)
         self.children: dict[str, Any] = {}
 
@@ -111,7 +112,11 @@ class JobRunner(DependencyProvider):
 
         outcome: dict[str, Any] = {
             "status": "failed",
-            "error": {"code": "worker_crashed", "message": "the job process ended without a result", "details": {}},
+            "error": {
+                "code": "worker_crashed",
+                "message": "the job process ended without a result",
+                "details": {},
+            },
         }
         beat = eventlet.spawn(heartbeat)
         stderr_tail: deque[str] = deque(maxlen=20)
@@ -127,9 +132,11 @@ class JobRunner(DependencyProvider):
             job_input = {**spec, "store_url": self.settings.store_url}
             proc.stdin.write(json.dumps(job_input).encode())
             proc.stdin.close()
-            err_reader = eventlet.spawn(lambda: stderr_tail.extend(
-                line.decode(errors="replace").rstrip() for line in proc.stderr
-            ))
+            err_reader = eventlet.spawn(
+                lambda: stderr_tail.extend(
+                    line.decode(errors="replace").rstrip() for line in proc.stderr
+                )
+            )
             for raw in proc.stdout:
                 try:
                     message = json.loads(raw)

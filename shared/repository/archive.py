@@ -395,9 +395,9 @@ class ArchiveWriter(BackupWriter):
             "version": VERSION,
             "tenant": self.tenant,
             "backup_id": self.backup_id,
-            "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace(
-                "+00:00", "Z"
-            ),
+            "created_at": datetime.now(UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"),
             "entries": self._entries,
             "logical_bytes": self._logical_bytes,
             "stored_bytes": stored,
@@ -583,9 +583,7 @@ class ArchiveReader(BackupReader):
         expected = str(self.manifest.get("checksum", ""))
         actual = "sha256:" + source.hexdigest()
         if actual != expected:
-            raise self._corrupt(
-                f"archive checksum mismatch (manifest {expected}, data {actual})"
-            )
+            raise self._corrupt(f"archive checksum mismatch (manifest {expected}, data {actual})")
         if source.count != self.manifest.get("stored_bytes"):
             raise self._corrupt(
                 f"archive size mismatch (manifest {self.manifest.get('stored_bytes')}, "
@@ -647,9 +645,7 @@ class ArchiveRepository(Repository):
         return f"ArchiveRepository({self.store.url!r})"
 
     def _keys(self, tenant: str, backup_id: str) -> tuple[str, str]:
-        prefix = _prefix(
-            _check_segment("tenant", tenant), _check_segment("backup_id", backup_id)
-        )
+        prefix = _prefix(_check_segment("tenant", tenant), _check_segment("backup_id", backup_id))
         return prefix + "data.tar", prefix + "manifest.json"
 
     def writer(self, tenant: str, backup_id: str) -> ArchiveWriter:

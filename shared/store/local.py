@@ -144,8 +144,9 @@ class LocalStore(ObjectStore):
         """
         try:
             with os.scandir(directory) as it:
-                entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
-                           for e in it]
+                entries = [
+                    (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it
+                ]
         except (FileNotFoundError, NotADirectoryError):
             return
         entries.sort(key=lambda pair: pair[0])

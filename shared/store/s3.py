@@ -101,9 +101,7 @@ class _ObjectReader(io.RawIOBase):
                 return self._response.read()
             return self._response.read(size)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnavailable(
-                f"{self._describe}: reading the object failed: {exc}"
-            ) from exc
+            raise StoreUnavailable(f"{self._describe}: reading the object failed: {exc}") from exc
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buffer))
@@ -161,16 +159,17 @@ class S3Store(ObjectStore):
                 connect=5,
                 read=120,
                 retries=Retry(
-                    total=3, connect=2, read=1, backoff_factor=0.2,
+                    total=3,
+                    connect=2,
+                    read=1,
+                    backoff_factor=0.2,
                     status_forcelist=[500, 502, 503, 504],
                 ),
             )
         )
         # Health checks must answer "down" fast, so they barely retry.
         self._probe = client(
-            _http_client(
-                connect=3, read=5, retries=Retry(total=1, read=0, backoff_factor=0.2)
-            )
+            _http_client(connect=3, read=5, retries=Retry(total=1, read=0, backoff_factor=0.2))
         )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()

@@ -135,4 +135,6 @@ def test_expired_leases_are_found(session: Session) -> None:
 
     assert session.scalars(select(Backup).where(jobs.expired(Backup, utcnow()))).all() == []
     later = utcnow() + timedelta(seconds=31)
-    assert [r.id for r in session.scalars(select(Backup).where(jobs.expired(Backup, later)))] == ["job1"]
+    assert [r.id for r in session.scalars(select(Backup).where(jobs.expired(Backup, later)))] == [
+        "job1"
+    ]

@@ -10,7 +10,9 @@ from services.gateway.service import GatewayService
 from tests.fixtures import free_port
 
 
-def test_healthz_reports_failing_dependencies(container_factory: Any, coffer_config: dict[str, Any]) -> None:
+def test_healthz_reports_failing_dependencies(
+    container_factory: Any, coffer_config: dict[str, Any]
+) -> None:
     config = {
         **coffer_config,
         # an S3 endpoint nobody listens on, and no catalog service running at all

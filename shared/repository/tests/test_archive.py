@@ -39,8 +39,17 @@ def sample() -> list[tuple[Entry, bytes | None]]:
     return [
         (Entry("top", "dir", 0o750, 1_600_000_000_000_000_001, meta={"uid": 1000}), None),
         (Entry("top/empty", "file", 0o600, 1_600_000_000_999_999_999, 0), b""),
-        (Entry("top/binary.bin", "file", 0o644, 1_700_000_000_123_456_789, len(BINARY),
-               meta={"xattrs": {"user.k": "v"}, "owner": "ana"}), BINARY),
+        (
+            Entry(
+                "top/binary.bin",
+                "file",
+                0o644,
+                1_700_000_000_123_456_789,
+                len(BINARY),
+                meta={"xattrs": {"user.k": "v"}, "owner": "ana"},
+            ),
+            BINARY,
+        ),
         (Entry(f"top/{NON_UTF8}", "file", 0o640, 1_234_567_890_000_000_007, 5), b"bytes"),
         (Entry(LONG_PATH, "file", 0o100755, 42, 3), b"abc"),
         (Entry(LONG_PATH + "-dir", "dir", 0o700, 7), None),
