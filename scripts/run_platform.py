@@ -85,16 +85,17 @@ def main() -> int:
     print(f"coffer: starting; the API will answer at http://{address}/healthz", flush=True)
 
     stopping = threading.Event()
+    # Installed explicitly: a shell without job control starts background jobs with
+    # SIGINT ignored, and Ctrl-C must stop the platform however it was launched.
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    try:
-        while not stopping.is_set():
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                print(f"coffer: {', '.join(dead)} stopped; stopping the rest", flush=True)
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    while not stopping.is_set():
+        dead = [n for n, p in procs.items() if p.poll() is not None]
+        if dead:
+            print(f"coffer: {', '.join(dead)} stopped; stopping the rest", flush=True)
+            break
+        stopping.wait(0.5)
+    print("coffer: stopping", flush=True)
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
