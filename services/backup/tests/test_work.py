@@ -1,0 +1,65 @@
+"""The backup child process, run for real: stdin spec in, JSON lines out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.repository import open_repository
+
+
+def run_child(module: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def job(tmp_path: Path, path: Path) -> dict[str, Any]:
+    return {
+        "kind": "backup",
+        "job": {"id": "job1", "tenant": "acme", "source": "files", "source_id": "s1", "note": None},
+        "driver": "filesystem",
+        "config": {"path": str(path)},
+        "store_url": f"file://{tmp_path}/repo",
+    }
+
+
+def test_backup_child_writes_the_repository_and_reports(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a" * 5000)
+    lines = run_child("services.backup.work", job(tmp_path, src))
+    assert lines[-1]["type"] == "result"
+    result = lines[-1]["result"]
+    assert result["logical_bytes"] == 5000 and result["entries"] == 1
+    assert any(line["type"] == "progress" for line in lines)
+    manifest = open_repository(f"file://{tmp_path}/repo").manifest("acme", "job1")
+    assert manifest["checksum"] == result["checksum"]
+    assert manifest["info"]["config"] == {
+        "path": str(src),
+        "include": [],
+        "exclude": [],
+        "one_file_system": False,
+    }
+
+
+def test_backup_child_reports_errors_with_their_code(tmp_path: Path) -> None:
+    lines = run_child("services.backup.work", job(tmp_path, tmp_path / "missing"))
+    assert lines[-1] == {
+        "type": "error",
+        "error": {
+            "code": "source_unavailable",
+            "message": lines[-1]["error"]["message"],
+            "details": lines[-1]["error"]["details"],
+        },
+    }
+    assert str(tmp_path / "missing") in lines[-1]["error"]["message"]
+    assert list(open_repository(f"file://{tmp_path}/repo").backups()) == []
