@@ -110,6 +110,24 @@ class AuditTrail(CofferPublisher):
         return Audit(super().get_dependency(worker_ctx), {"type": "service", "id": service})
 
 
+def load_request(audit: Audit, schema: type[Any], routing_key: str, body: Any) -> dict[str, Any]:
+    """Validate an inbound request; a bad one is logged and audited, then re-raised
+    as :class:`InvalidMessage` so the consumer dead-letters it."""
+    try:
+        return wire.load_message(schema, body)
+    except CofferError as exc:
+        log.warning("rejected %s: %s %s", routing_key, exc, exc.details)
+        audit.record(
+            "message.reject",
+            resource={"type": "message", "id": routing_key},
+            outcome="failure",
+            tenant=wire.field_text(body, "tenant"),
+            request_id=wire.field_text(body, "request_id"),
+            details={"routing_key": routing_key, "error": exc.to_dict()},
+        )
+        raise
+
+
 class RawQueueConsumer(QueueConsumer):
     """Hands providers the undecoded message: the body's format is for them to judge."""
 

@@ -17,7 +17,7 @@ from nameko.rpc import RpcProxy, rpc
 from shared import wire
 from shared.errors import CofferError
 from shared.jobs.runner import JobHandle, JobRunner
-from shared.messaging import AuditTrail, CofferPublisher, consume_contract
+from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import Principal, service_principal
 from shared.sources.registry import get_driver
 
@@ -57,19 +57,7 @@ class BackupService:
 
     @consume_contract(wire.BACKUP_REQUESTED)
     def handle_backup_requested(self, body: Any) -> None:
-        try:
-            request = wire.load_message(wire.BackupRequested, body)
-        except CofferError as exc:
-            log.warning("rejected backup.requested: %s %s", exc, exc.details)
-            self.audit.record(
-                "message.reject",
-                resource={"type": "message", "id": wire.BACKUP_REQUESTED},
-                outcome="failure",
-                tenant=wire.field_text(body, "tenant"),
-                request_id=wire.field_text(body, "request_id"),
-                details={"routing_key": wire.BACKUP_REQUESTED, "error": exc.to_dict()},
-            )
-            raise
+        request = load_request(self.audit, wire.BackupRequested, wire.BACKUP_REQUESTED, body)
         who = service_principal(request["tenant"], request["requested_by"])
         try:
             result = self.catalog_rpc.submit_backup(

@@ -32,6 +32,16 @@ AUDIT = ("admin", "auditor")
 HEALTH_TIMEOUT = 3.0
 
 
+def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """Split validated list parameters into RPC filters (dates as ISO text) and paging."""
+    filters = {
+        k: (v.isoformat() if hasattr(v, "isoformat") else v)
+        for k, v in query.items()
+        if k not in ("page", "per_page")
+    }
+    return filters, query["page"], query["per_page"]
+
+
 class GatewayService(ApiMixin):
     name = "gateway"
 
@@ -283,10 +293,7 @@ class GatewayService(ApiMixin):
         response=s.BackupPage,
     )
     def list_backups(self, call: Call) -> Any:
-        page, per_page = call.query.pop("page"), call.query.pop("per_page")
-        filters = {
-            k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()
-        }
+        filters, page, per_page = listing(call.query)
         return self.catalog_rpc.list_backups(call.p, filters, page, per_page)
 
     @api(
@@ -387,10 +394,7 @@ class GatewayService(ApiMixin):
         response=s.RestorePage,
     )
     def list_restores(self, call: Call) -> Any:
-        page, per_page = call.query.pop("page"), call.query.pop("per_page")
-        filters = {
-            k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()
-        }
+        filters, page, per_page = listing(call.query)
         return self.catalog_rpc.list_restores(call.p, filters, page, per_page)
 
     @api(
@@ -417,10 +421,7 @@ class GatewayService(ApiMixin):
         response=s.AuditPage,
     )
     def list_audit(self, call: Call) -> Any:
-        page, per_page = call.query.pop("page"), call.query.pop("per_page")
-        filters = {
-            k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in call.query.items()
-        }
+        filters, page, per_page = listing(call.query)
         scope = call.who.tenant_filter(filters.get("tenant"))
         if scope is not None:
             filters["tenant"] = scope

@@ -17,7 +17,7 @@ from nameko.rpc import RpcProxy, rpc
 from shared import wire
 from shared.errors import CofferError, ConfirmationRequired, InvalidState, ValidationFailed
 from shared.jobs.runner import JobHandle, JobRunner
-from shared.messaging import AuditTrail, CofferPublisher, consume_contract
+from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import service_principal
 from shared.sources.base import RestoreOptions
 from shared.sources.registry import get_driver
@@ -85,19 +85,7 @@ class RestoreService:
 
     @consume_contract(wire.RESTORE_REQUESTED)
     def handle_restore_requested(self, body: Any) -> None:
-        try:
-            request = wire.load_message(wire.RestoreRequested, body)
-        except CofferError as exc:
-            log.warning("rejected restore.requested: %s %s", exc, exc.details)
-            self.audit.record(
-                "message.reject",
-                resource={"type": "message", "id": wire.RESTORE_REQUESTED},
-                outcome="failure",
-                tenant=wire.field_text(body, "tenant"),
-                request_id=wire.field_text(body, "request_id"),
-                details={"routing_key": wire.RESTORE_REQUESTED, "error": exc.to_dict()},
-            )
-            raise
+        request = load_request(self.audit, wire.RestoreRequested, wire.RESTORE_REQUESTED, body)
         who = service_principal(request["tenant"], request["requested_by"])
         try:
             result = self.request_restore(who.to_dict(), request)
