@@ -29,6 +29,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# Coffer against restic on a real tree, local and S3 stores (docs/benchmarks.md);
+# BENCH_ARGS=--quick for a ~100 MB run.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
+
 up:
 	docker compose up -d --build --wait
 

@@ -32,6 +32,8 @@ class Settings:
     job_lease_seconds: float
     backup_concurrency: int
     restore_concurrency: int
+    gc_interval_seconds: float
+    gc_grace_seconds: float
 
     def master_key(self) -> bytes:
         """The 32-byte master key; generated into ``master_key_file`` on first use."""
@@ -87,4 +89,6 @@ def settings(config: Mapping[str, Any] | None = None) -> Settings:
         job_lease_seconds=float(_get(config, "COFFER_JOB_LEASE_SECONDS", "30") or 30),
         backup_concurrency=int(_get(config, "COFFER_BACKUP_CONCURRENCY", "2") or 2),
         restore_concurrency=int(_get(config, "COFFER_RESTORE_CONCURRENCY", "2") or 2),
+        gc_interval_seconds=float(_get(config, "COFFER_GC_INTERVAL_SECONDS", "3600") or 3600),
+        gc_grace_seconds=float(_get(config, "COFFER_GC_GRACE_SECONDS", "3600") or 3600),
     )

@@ -253,6 +253,7 @@ def platform(
             "COFFER_ADMIN_TOKEN": "admin-" + uuid.uuid4().hex,
             "COFFER_MASTER_KEY_FILE": str(home / "master.key"),
             "COFFER_JOB_LEASE_SECONDS": 10,
+            "COFFER_GC_GRACE_SECONDS": 0,
             "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
         }
         if db_kind == "sqlite":

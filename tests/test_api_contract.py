@@ -46,7 +46,13 @@ def test_openapi_document_is_generated_from_schemas(platform: Platform) -> None:
     assert "202" in create["responses"]
     schema = create["requestBody"]["content"]["application/json"]["schema"]
     ref = schema["$ref"].rsplit("/", 1)[-1]
-    assert set(doc["components"]["schemas"][ref]["properties"]) == {"source", "note", "request_id"}
+    assert set(doc["components"]["schemas"][ref]["properties"]) == {
+        "source",
+        "scope",
+        "tenant",
+        "note",
+        "request_id",
+    }
 
 
 def test_authentication_and_roles(platform: Platform, tmp_path: Path) -> None:

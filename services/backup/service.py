@@ -55,6 +55,12 @@ class BackupService:
         result: dict[str, Any] = self.catalog_rpc.submit_backup(principal, data)
         return result
 
+    @rpc(expected_exceptions=CofferError)
+    def request_group(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``{scope, tenant?, note?, request_id?}``: a whole-tenant backup, one per source."""
+        result: dict[str, Any] = self.catalog_rpc.submit_group(principal, data)
+        return result
+
     @consume_contract(wire.BACKUP_REQUESTED)
     def handle_backup_requested(self, body: Any) -> None:
         request = load_request(self.audit, wire.BackupRequested, wire.BACKUP_REQUESTED, body)
@@ -106,6 +112,26 @@ class BackupService:
             actor=who.actor(),
             request_id=request["request_id"],
             details={"error": exc.to_dict(), "via": "message"},
+        )
+
+    @event_handler("catalog", "verify_queued")
+    def handle_verify_queued(self, payload: dict[str, Any]) -> None:
+        self.jobs.take(
+            lambda worker_id: self.catalog_rpc.claim_verify(payload["backup_id"], worker_id)
+        )
+
+    @event_handler("catalog", "gc_queued")
+    def handle_gc_queued(self, payload: dict[str, Any]) -> None:
+        """No claim: the repository's lock lets one collection run per tenant at a time."""
+        tenant = payload["tenant"]
+        self.jobs.take(
+            lambda worker_id: {
+                "kind": "gc",
+                "module": "services.backup.gc",
+                "job": {"id": f"gc:{tenant}", "tenant": tenant},
+                "grace_seconds": payload["grace_seconds"],
+                "lease_seconds": 30,
+            }
         )
 
     @event_handler("catalog", "backup_queued")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.jobs.child import StdoutProgress, main
-from shared.repository import open_repository
+from shared.jobs.child import StdoutProgress, job_repository, main
+from shared.jobs.results import backup_result
 from shared.sources.registry import get_driver
 
 
@@ -14,8 +14,8 @@ def run_backup(spec: dict[str, Any], progress: StdoutProgress) -> dict[str, Any]
     driver = get_driver(spec["driver"])
     config = driver.validate_config(spec["config"])
     driver.check(config)
-    repository = open_repository(spec["store_url"])
-    with repository.writer(job["tenant"], job["id"]) as writer:
+    repository = job_repository(spec)
+    with repository.writer(job["tenant"], job["id"], parent_id=spec.get("parent_id")) as writer:
         stats = driver.backup(config, writer, progress)
         if progress.cancelled():
             raise InterruptedError("cancelled")
@@ -26,17 +26,14 @@ def run_backup(spec: dict[str, Any], progress: StdoutProgress) -> dict[str, Any]
                 "driver": spec["driver"],
                 "config": driver.redact(config),
                 "note": job.get("note"),
+                "request_id": job.get("request_id"),
+                "requested_by": job.get("requested_by"),
+                "created_at": job.get("created_at"),
+                "started_at": job.get("started_at"),
                 "stats": stats,
             }
         )
-    stats = {**stats, "changed_during_backup": summary.manifest.get("changed", [])}
-    return {
-        "logical_bytes": summary.logical_bytes,
-        "stored_bytes": summary.stored_bytes,
-        "entries": summary.entries,
-        "checksum": summary.checksum,
-        "stats": stats,
-    }
+    return backup_result(summary.manifest)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,13 @@ class Backup(JobColumns, Base):
     entries: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     checksum: Mapped[str | None] = mapped_column(String(80), nullable=True)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Backups made by one whole-tenant request ("full", "databases", "files") share it.
+    group_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    #: The backup an incremental run compared against (unchanged files reuse its chunks).
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: None, then pending -> running -> completed | failed for the latest verify run.
+    verify_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Restore(JobColumns, Base):
@@ -117,6 +124,23 @@ class Restore(JobColumns, Base):
     target_secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
     in_place: Mapped[bool] = mapped_column(default=False)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Chunk(Base):
+    """The catalog's mirror of the repository's chunk index (the store stays the truth).
+
+    Filled from the pack indexes a completed backup wrote, emptied of packs garbage
+    collection removed, and rebuilt from the store by ``services.catalog.rebuild``.
+    """
+
+    __tablename__ = "chunks"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    chunk_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pack_id: Mapped[str] = mapped_column(String(64), index=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(BigInteger)
+    raw_length: Mapped[int] = mapped_column(BigInteger)
 
 
 class OutboxMessage(Base):

@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from datetime import timedelta
 from typing import Any, cast
 
 from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from services.catalog import jobs, outbox
+from services.catalog import chunk_index, jobs, outbox
 from services.catalog.db import CatalogDatabase
 from services.catalog.models import (
     ROLES,
@@ -33,8 +34,10 @@ from services.catalog.models import (
     utcnow,
 )
 from services.catalog.queries import ListQuery
+from services.catalog.rebuild import rebuild
 from services.catalog.views import (
     backup_view,
+    iso,
     restore_view,
     source_view,
     tenant_view,
@@ -67,6 +70,14 @@ log = logging.getLogger(__name__)
 #: A pending job whose "queued" event was not taken up within this many seconds is
 #: announced again (the claim is atomic, so a duplicate announcement is harmless).
 REDISPATCH_AFTER = 30.0
+#: Which driver kinds each whole-tenant backup scope takes.
+GROUP_SCOPES = {
+    "all": ("files", "database", "bucket"),
+    "databases": ("database",),
+    "files": ("files", "bucket"),
+}
+#: When this catalog process last queued garbage collection (monotonic seconds).
+_LAST_GC: dict[str, float] = {}
 
 
 def hash_token(token: str) -> str:
@@ -86,6 +97,9 @@ class CatalogService:
 
     def _box(self) -> SecretBox:
         return SecretBox(self.settings.master_key())
+
+    def _repository(self) -> Any:
+        return open_repository(self.settings.store_url, self.settings.master_key())
 
     def _flush(self) -> None:
         outbox.flush(self.db, self.publish, self.dispatch)
@@ -288,6 +302,7 @@ class CatalogService:
             note=data.get("note"),
             request_id=request_id,
             requested_by=data.get("requested_by") or who.name or who.id,
+            group_id=data.get("group_id"),
             dispatched_at=utcnow(),
         )
         self.db.add(row)
@@ -306,6 +321,49 @@ class CatalogService:
             return {"backup": backup_view(existing), "created": False}
         self._flush()
         return {"backup": backup_view(row), "created": True}
+
+    @rpc(expected_exceptions=CofferError)
+    def submit_group(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """A whole-tenant backup: one backup per matching source, grouped.
+
+        ``scope`` is ``all``, ``databases`` (database drivers) or ``files`` (file trees
+        and buckets). Idempotent like single backups: the same ``request_id`` answers
+        with the same group.
+        """
+        who = Principal.from_dict(principal)
+        tenant = who.tenant_for_write(data.get("tenant"))
+        self._tenant(tenant)
+        kinds = GROUP_SCOPES[data["scope"]]
+        request_id = data.get("request_id") or secrets.token_hex(16)
+        group_id = hashlib.sha256(f"{tenant}\0{request_id}".encode()).hexdigest()[:32]
+        sources = [
+            s
+            for s in self.db.scalars(
+                select(Source).where(Source.tenant == tenant).order_by(Source.name)
+            )
+            if get_driver(s.driver).kind in kinds
+        ]
+        if not sources:
+            raise SourceNotFound(
+                f"tenant {tenant!r} has no {data['scope']} sources to back up",
+                {"tenant": tenant, "scope": data["scope"]},
+            )
+        items = []
+        created = False
+        for source in sources:
+            result = self.submit_backup(
+                who.to_dict(),
+                {
+                    "source": source.id,
+                    "note": data.get("note"),
+                    "request_id": f"{request_id}/{source.id}",
+                    "requested_by": data.get("requested_by"),
+                    "group_id": group_id,
+                },
+            )
+            created = created or result["created"]
+            items.append(result["backup"])
+        return {"group_id": group_id, "scope": data["scope"], "items": items, "created": created}
 
     def _backup(self, who: Principal, backup_id: str) -> Backup:
         row = self.db.get(Backup, backup_id)
@@ -327,6 +385,8 @@ class CatalogService:
             listing.where(
                 or_(Backup.source_id == filters["source"], Backup.source_name == filters["source"])
             )
+        if filters.get("group_id"):
+            listing.where(Backup.group_id == filters["group_id"])
         if filters.get("q"):
             pattern = f"%{filters['q']}%"
             listing.where(or_(Backup.note.ilike(pattern), Backup.source_name.ilike(pattern)))
@@ -342,7 +402,7 @@ class CatalogService:
             )
         view = backup_view(row)
         # Store first: if it fails, the row stays and the delete can be retried.
-        open_repository(self.settings.store_url).delete(row.tenant, row.id)
+        self._repository().delete(row.tenant, row.id)
         self.db.delete(row)
         self.db.commit()
         return view
@@ -454,6 +514,8 @@ class CatalogService:
         self.db.commit()
         self._flush()
         if isinstance(row, Backup):
+            row.parent_id = self._parent_of(row)
+            self.db.commit()
             source = self.db.get(Source, row.source_id) if row.source_id else None
             if source is None:
                 self._finish(
@@ -469,6 +531,7 @@ class CatalogService:
             return {
                 "kind": kind,
                 "job": backup_view(row),
+                "parent_id": row.parent_id,
                 "driver": row.driver,
                 "config": self._open_config(source),
                 "lease_seconds": lease,
@@ -485,8 +548,26 @@ class CatalogService:
             "lease_seconds": lease,
         }
 
+    def _parent_of(self, row: Backup) -> str | None:
+        """The newest completed backup of the same source: unchanged files reuse its chunks."""
+        parent: str | None = self.db.scalar(
+            select(Backup.id)
+            .where(
+                Backup.tenant == row.tenant,
+                Backup.source_id == row.source_id,
+                Backup.driver == row.driver,
+                Backup.status == jobs.COMPLETED,
+                Backup.id != row.id,
+            )
+            .order_by(Backup.finished_at.desc())
+            .limit(1)
+        )
+        return parent
+
     @event_handler("jobs", "job_progress")
     def handle_job_progress(self, payload: dict[str, Any]) -> None:
+        if payload["kind"] not in jobs.JOB_MODELS:
+            return  # verify and gc runs report no progress to keep
         model = jobs.job_model(payload["kind"])
         jobs.record_progress(
             self.db,
@@ -501,6 +582,12 @@ class CatalogService:
 
     @event_handler("jobs", "job_finished")
     def handle_job_finished(self, payload: dict[str, Any]) -> None:
+        if payload["kind"] == "verify":
+            self._verified(payload)
+            return
+        if payload["kind"] == "gc":
+            self._collected(payload)
+            return
         self._finish(
             payload["kind"],
             payload["job_id"],
@@ -543,6 +630,10 @@ class CatalogService:
         row = cast(Backup | Restore | None, self.db.get(model, job_id))
         assert row is not None
         self.db.refresh(row)
+        if kind == "backup" and status == jobs.COMPLETED:
+            chunk_index.mirror_packs(
+                self.db, self._repository(), row.tenant, result.get("packs") or []
+            )
         self._announce(kind, row, status)
         self.db.commit()
         self._flush()
@@ -580,6 +671,127 @@ class CatalogService:
             **extra,
         )
         outbox.enqueue(self.db, outbox.PUBLIC, event, body)
+
+    # -- verify, garbage collection, rebuild --------------------------------------------
+
+    @rpc(expected_exceptions=CofferError)
+    def request_verify(self, principal: dict[str, Any], backup_id: str) -> dict[str, Any]:
+        """Queue a verify run; its result is stored on the backup (and audited)."""
+        row = self._backup(Principal.from_dict(principal), backup_id)
+        if row.status != jobs.COMPLETED:
+            raise InvalidState(
+                f"backup {backup_id} is {row.status}; only completed backups can be verified",
+                {"status": row.status},
+            )
+        if row.verify_status not in ("pending", "running"):
+            row.verify_status = "pending"
+            row.verification = {"requested_at": iso(utcnow())}
+            outbox.enqueue(self.db, outbox.INTERNAL, "verify_queued", {"backup_id": row.id})
+            self.db.commit()
+            self._flush()
+        return backup_view(row)
+
+    @rpc(expected_exceptions=CofferError)
+    def claim_verify(self, backup_id: str, worker_id: str) -> dict[str, Any] | None:
+        claimed = self.db.execute(
+            update(Backup)
+            .where(Backup.id == backup_id, Backup.verify_status == "pending")
+            .values(verify_status="running")
+        ).rowcount
+        self.db.commit()
+        row = self.db.get(Backup, backup_id)
+        if not claimed or row is None:
+            return None
+        return {
+            "kind": "verify",
+            "module": "services.backup.verify",
+            "job": {"id": row.id, "tenant": row.tenant},
+            "lease_seconds": self.settings.job_lease_seconds,
+        }
+
+    def _verified(self, payload: dict[str, Any]) -> None:
+        row = self.db.get(Backup, payload["job_id"])
+        if row is None or row.verify_status != "running":
+            return  # deleted meanwhile, or a duplicate report
+        result = payload.get("result") or {}
+        if payload["status"] == jobs.COMPLETED:
+            row.verify_status = "completed"
+            row.verification = {**result, "checked_at": iso(utcnow())}
+            ok = bool(result.get("ok"))
+        else:
+            row.verify_status = "failed"
+            row.verification = {"error": payload.get("error"), "checked_at": iso(utcnow())}
+            ok = False
+        self.db.commit()
+        self.audit.record(
+            "backup.verify",
+            resource={"type": "backup", "id": row.id},
+            outcome="success" if ok else "failure",
+            tenant=row.tenant,
+            actor=SYSTEM.actor(),
+            request_id=row.request_id,
+            details={
+                "ok": ok,
+                "chunks": result.get("chunks"),
+                "missing": (result.get("missing") or [])[:50],
+                "corrupt": (result.get("corrupt") or [])[:50],
+                "error": payload.get("error"),
+            },
+        )
+
+    @rpc(expected_exceptions=CofferError)
+    def request_gc(self, tenant: str | None = None) -> dict[str, Any]:
+        """Queue garbage collection for one tenant's repository, or every tenant's."""
+        names = [tenant] if tenant else [t.name for t in self.db.scalars(select(Tenant))]
+        if tenant:
+            self._tenant(tenant)
+        for name in names:
+            outbox.enqueue(
+                self.db,
+                outbox.INTERNAL,
+                "gc_queued",
+                {"tenant": name, "grace_seconds": self.settings.gc_grace_seconds},
+            )
+        self.db.commit()
+        self._flush()
+        return {"queued": names, "grace_seconds": self.settings.gc_grace_seconds}
+
+    @timer(interval=60)
+    def schedule_gc(self) -> None:
+        now = time.monotonic()
+        if now - _LAST_GC.get("at", now - 1e9) >= self.settings.gc_interval_seconds:
+            _LAST_GC["at"] = now
+            self.request_gc()
+
+    def _collected(self, payload: dict[str, Any]) -> None:
+        tenant = payload["job_id"].split(":", 1)[1] if ":" in payload["job_id"] else None
+        result = payload.get("result") or {}
+        if tenant and result.get("deleted_packs"):
+            chunk_index.forget_packs(self.db, tenant, list(result["deleted_packs"]))
+            self.db.commit()
+        self.audit.record(
+            "repository.gc",
+            resource={"type": "repository", "id": tenant},
+            outcome="success" if payload["status"] == jobs.COMPLETED else "failure",
+            tenant=tenant,
+            actor=SYSTEM.actor(),
+            details={k: v for k, v in result.items() if k != "deleted_packs"}
+            | {"error": payload.get("error")},
+        )
+
+    @rpc(expected_exceptions=CofferError)
+    def rebuild_catalog(self) -> dict[str, int]:
+        """Admin: recreate backups, sizes and the chunk index from the repository."""
+        report = rebuild(self.db, self._repository())
+        self.audit.record(
+            "catalog.rebuild",
+            resource={"type": "catalog", "id": None},
+            outcome="success",
+            tenant=None,
+            actor=SYSTEM.actor(),
+            details=dict(report),
+        )
+        return report
 
     # -- timers: the outbox, lost workers, lost announcements ----------------------------
 
@@ -667,10 +879,18 @@ class CatalogService:
                     "age_seconds": round((utcnow() - finished).total_seconds(), 1),
                 }
             )
+        repository_bytes = chunk_index.stored_bytes(self.db, scope)
         return {
             "tenant": scope,
             "backups": {"by_status": by_status, "total": sum(by_status.values())},
             "success_rate": None if not ended else round(by_status["completed"] / ended, 4),
-            "bytes": {"stored": int(stored), "logical": int(logical)},
+            "bytes": {
+                "stored": int(stored),
+                "logical": int(logical),
+                "repository": repository_bytes,
+                "dedup_ratio": round(int(logical) / repository_bytes, 3)
+                if repository_bytes
+                else None,
+            },
             "sources": sorted(last_success, key=lambda s: (s["tenant"], s["source"])),
         }

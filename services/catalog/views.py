@@ -47,6 +47,11 @@ def backup_view(row: Backup) -> dict[str, Any]:
         "stats": row.stats or {},
         "error": row.error,
         "note": row.note,
+        "group_id": row.group_id,
+        "parent_id": row.parent_id,
+        "verification": {"status": row.verify_status, **(row.verification or {})}
+        if row.verify_status
+        else None,
         "attempts": row.attempts,
         "created_at": iso(row.created_at),
         "started_at": iso(row.started_at),

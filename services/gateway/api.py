@@ -53,6 +53,7 @@ class Route:
     response: type[Schema] | None
     status: int
     audit_success: bool
+    body_optional: bool
     tag: str
     errors: tuple[int, ...]
 
@@ -125,7 +126,7 @@ def _query_dict(request: Request) -> dict[str, Any]:
 def _json_body(request: Request) -> Any:
     if request.content_length and request.content_length > MAX_BODY:
         raise ValidationFailed("request body too large", {"body": [f"at most {MAX_BODY} bytes"]})
-    raw = request.get_data(cache=False)
+    raw = request.get_data(cache=True)
     if not raw.strip():
         raise InvalidJSON("the request needs a JSON body", {"body": ["empty"]})
     try:
@@ -148,6 +149,7 @@ def api(
     response: type[Schema] | None = None,
     status: int = 200,
     audit_success: bool = False,
+    body_optional: bool = False,
     errors: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., Any]], Any]:
     """``roles=None``: no authentication (health, OpenAPI)."""
@@ -162,6 +164,7 @@ def api(
         response=response,
         status=status,
         audit_success=audit_success,
+        body_optional=body_optional,
         tag=action.split(".")[0],
         errors=errors,
     )
@@ -218,7 +221,8 @@ class ApiMixin:
             if route.query is not None:
                 call.query = _load(route.query, _query_dict(request), "query parameters")
             if route.body is not None:
-                payload = _json_body(request)
+                empty = not request.get_data(cache=True).strip()
+                payload = {} if (route.body_optional and empty) else _json_body(request)
                 if not isinstance(payload, dict):
                     raise ValidationFailed(
                         "the body must be a JSON object", {"body": ["not an object"]}

@@ -71,7 +71,7 @@ def build_spec() -> dict[str, Any]:
             operation.setdefault("parameters", []).append({"in": "query", "schema": route.query})
         if route.body is not None:
             operation["requestBody"] = {
-                "required": True,
+                "required": not route.body_optional,
                 "content": {"application/json": {"schema": route.body}},
             }
         paths.setdefault(route.openapi_path, {})[route.method.lower()] = operation

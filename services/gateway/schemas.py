@@ -6,7 +6,7 @@ the default mode of a restore.
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shared.wire import NAME
 
@@ -110,9 +110,21 @@ class Size(Schema):
 
 class BackupCreate(Strict):
     source = fields.String(
-        required=True,
         validate=validate.Length(min=1, max=128),
         metadata={"description": "a source id, or a name within the caller's tenant"},
+    )
+    scope = fields.String(
+        validate=validate.OneOf(("all", "databases", "files")),
+        metadata={
+            "description": "instead of `source`: back up every source of the tenant "
+            "(all), only its databases, or only its files and buckets, as one group"
+        },
+    )
+    tenant = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=NAME,
+        metadata={"description": "with `scope`, for an admin: whose sources"},
     )
     note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=1000))
     request_id = fields.String(
@@ -121,6 +133,28 @@ class BackupCreate(Strict):
         validate=validate.Length(min=1, max=128),
         metadata={"description": "idempotency key: the same one twice yields one backup"},
     )
+
+    @validates_schema
+    def _one_target(self, data: dict[str, object], **_: object) -> None:
+        if ("source" in data) == ("scope" in data):
+            raise ValidationError("give either `source` or `scope`", "source")
+        if data.get("tenant") and "source" in data:
+            raise ValidationError("`tenant` goes with `scope`", "tenant")
+
+
+class Verification(Schema):
+    status = fields.String(validate=validate.OneOf(("pending", "running", "completed", "failed")))
+    ok = fields.Boolean()
+    chunks = fields.Integer()
+    bytes = fields.Integer()
+    missing = fields.List(fields.String())
+    corrupt = fields.List(fields.String())
+    requested_at = fields.String()
+    checked_at = fields.String()
+
+
+class GcRequest(Strict):
+    tenant = fields.String(load_default=None, allow_none=True, validate=NAME)
 
 
 class BackupOut(Schema):
@@ -139,6 +173,9 @@ class BackupOut(Schema):
     stats = fields.Dict()
     error = fields.Nested(ErrorBody, allow_none=True)
     note = fields.String(allow_none=True)
+    group_id = fields.String(allow_none=True)
+    parent_id = fields.String(allow_none=True)
+    verification = fields.Nested(Verification, allow_none=True)
     attempts = fields.Integer()
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
@@ -150,8 +187,15 @@ class Paging(Strict):
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
+class BackupGroupOut(Schema):
+    group_id = fields.String()
+    scope = fields.String()
+    items = fields.List(fields.Nested(BackupOut))
+
+
 class BackupQuery(Paging):
     tenant = fields.String(validate=NAME)
+    group_id = fields.String(validate=validate.Length(min=1, max=64))
     source = fields.String(validate=validate.Length(min=1, max=128))
     status = fields.String(validate=validate.OneOf(STATUSES))
     q = fields.String(validate=validate.Length(min=1, max=200))
@@ -167,7 +211,14 @@ class BackupPage(Schema):
 
 
 class RestoreCreate(Strict):
-    backup_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    backup_id = fields.String(validate=validate.Length(min=1, max=64))
+    group_id = fields.String(
+        validate=validate.Length(min=1, max=64),
+        metadata={
+            "description": "instead of `backup_id`: restore every part of a whole-tenant "
+            "backup into its original source (`replace` needs `confirm` = the tenant)"
+        },
+    )
     target = fields.Dict(
         load_default=None,
         allow_none=True,
@@ -187,6 +238,13 @@ class RestoreCreate(Strict):
     request_id = fields.String(
         load_default=None, allow_none=True, validate=validate.Length(min=1, max=128)
     )
+
+    @validates_schema
+    def _one_backup(self, data: dict[str, object], **_: object) -> None:
+        if ("backup_id" in data) == ("group_id" in data):
+            raise ValidationError("give either `backup_id` or `group_id`", "backup_id")
+        if "group_id" in data and data.get("target"):
+            raise ValidationError("a group restores into its original sources", "target")
 
 
 class RestoreOut(Schema):

@@ -53,7 +53,7 @@ class GatewayService(ApiMixin):
     settings: Settings = SettingsProvider()
 
     def repository(self) -> Repository:
-        return open_repository(self.settings.store_url)
+        return open_repository(self.settings.store_url, self.settings.master_key())
 
     # -- health and the document --------------------------------------------------------
 
@@ -275,9 +275,15 @@ class GatewayService(ApiMixin):
         errors=(404,),
     )
     def create_backup(self, call: Call) -> Any:
-        result = self.backup_rpc.request_backup(
-            call.p, {**call.body, "requested_by": call.who.name or call.who.id}
-        )
+        body = {**call.body, "requested_by": call.who.name or call.who.id}
+        if "scope" in body:
+            group = self.backup_rpc.request_group(call.p, body)
+            call.resource_id = group["group_id"]
+            call.tenant = group["items"][0]["tenant"]
+            call.audit_details = {"scope": group["scope"], "backups": len(group["items"])}
+            return (202 if group.pop("created") else 200), group
+        body.pop("tenant", None)
+        result = self.backup_rpc.request_backup(call.p, body)
         backup = result["backup"]
         call.resource_id, call.tenant = backup["id"], backup["tenant"]
         call.audit_details = {"source": backup["source"], "created": result["created"]}
@@ -342,6 +348,38 @@ class GatewayService(ApiMixin):
         )
 
     @api(
+        "POST",
+        "/api/v1/backups/<backup_id>/verify",
+        summary="Verify a backup: read and check every chunk",
+        action="backup.verify_request",
+        roles=WRITE,
+        response=s.BackupOut,
+        status=202,
+        audit_success=True,
+        errors=(404, 409),
+    )
+    def verify_backup(self, call: Call, backup_id: str) -> Any:
+        backup = self.catalog_rpc.request_verify(call.p, backup_id)
+        call.tenant = backup["tenant"]
+        return backup
+
+    @api(
+        "POST",
+        "/api/v1/repository/gc",
+        summary="Collect garbage: remove chunks no live backup references",
+        action="repository.gc_request",
+        roles=ADMIN,
+        body=s.GcRequest,
+        body_optional=True,
+        status=202,
+        audit_success=True,
+        errors=(404,),
+    )
+    def request_gc(self, call: Call) -> Any:
+        call.tenant = call.body.get("tenant")
+        return self.catalog_rpc.request_gc(call.body.get("tenant"))
+
+    @api(
         "DELETE",
         "/api/v1/backups/<backup_id>",
         summary="Delete a backup",
@@ -371,6 +409,14 @@ class GatewayService(ApiMixin):
         errors=(404, 409, 422),
     )
     def create_restore(self, call: Call) -> Any:
+        if "group_id" in call.body:
+            call.resource_id = call.body["group_id"]
+            group = self.restore_rpc.request_group_restore(
+                call.p, {**call.body, "requested_by": call.who.name or call.who.id}
+            )
+            call.tenant = group["items"][0]["tenant"] if group["items"] else None
+            call.audit_details = {"mode": call.body["mode"], "restores": len(group["items"])}
+            return (202 if group.pop("created") else 200), group
         call.resource_id = call.body["backup_id"]
         result = self.restore_rpc.request_restore(
             call.p, {**call.body, "requested_by": call.who.name or call.who.id}

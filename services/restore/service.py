@@ -15,7 +15,13 @@ from nameko.events import event_handler
 from nameko.rpc import RpcProxy, rpc
 
 from shared import wire
-from shared.errors import CofferError, ConfirmationRequired, InvalidState, ValidationFailed
+from shared.errors import (
+    BackupNotFound,
+    CofferError,
+    ConfirmationRequired,
+    InvalidState,
+    ValidationFailed,
+)
 from shared.jobs.runner import JobHandle, JobRunner
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import service_principal
@@ -41,6 +47,12 @@ class RestoreService:
         that is not completed, a target the driver refuses, a destructive mode without
         the typed confirmation, a non-empty target without ``replace``.
         """
+        vetted = self._vet(principal, data)
+        result: dict[str, Any] = self.catalog_rpc.submit_restore(principal, vetted)
+        return result
+
+    def _vet(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Check a restore request against its backup and target; what to submit."""
         context = self.catalog_rpc.restore_context(principal, data["backup_id"])
         backup, source = context["backup"], context["source"]
         if backup["status"] != "completed":
@@ -69,19 +81,63 @@ class RestoreService:
                 {"confirm": [f"must equal {backup['source']!r}"]},
             )
         driver.check_target(target, options)
-        result: dict[str, Any] = self.catalog_rpc.submit_restore(
-            principal,
-            {
-                "backup_id": backup["id"],
-                "target": target,
-                "in_place": in_place,
-                "mode": options.mode,
-                "include": options.include,
-                "request_id": data.get("request_id"),
-                "requested_by": data.get("requested_by"),
-            },
+        return {
+            "backup_id": backup["id"],
+            "target": target,
+            "in_place": in_place,
+            "mode": options.mode,
+            "include": options.include,
+            "request_id": data.get("request_id"),
+            "requested_by": data.get("requested_by"),
+        }
+
+    @rpc(expected_exceptions=CofferError)
+    def request_group_restore(
+        self, principal: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Restore every completed part of a whole-tenant backup into its own source.
+
+        Every part is vetted before any is submitted, so a refused part (a non-empty
+        target without ``replace``, a deleted source) leaves the whole group untouched.
+        """
+        listing = self.catalog_rpc.list_backups(
+            principal, {"group_id": data["group_id"], "status": "completed"}, 1, 500
         )
-        return result
+        parts = listing["items"]
+        if not parts:
+            raise BackupNotFound(
+                f"no completed backups in group {data['group_id']!r}",
+                {"group_id": data["group_id"]},
+            )
+        tenant = parts[0]["tenant"]
+        if data["mode"] == "replace" and data.get("confirm") != tenant:
+            raise ConfirmationRequired(
+                "mode 'replace' overwrites every source of the group: set confirm to the "
+                f"tenant name {tenant!r}",
+                {"confirm": [f"must equal {tenant!r}"]},
+            )
+        vetted = []
+        for part in parts:
+            key = data.get("request_id")
+            vetted.append(
+                self._vet(
+                    principal,
+                    {
+                        "backup_id": part["id"],
+                        "mode": data["mode"],
+                        "include": data.get("include") or [],
+                        "confirm": part["source"],
+                        "requested_by": data.get("requested_by"),
+                        "request_id": f"{key}/{part['id']}" if key else None,
+                    },
+                )
+            )
+        items, created = [], False
+        for request in vetted:
+            result = self.catalog_rpc.submit_restore(principal, request)
+            created = created or result["created"]
+            items.append(result["restore"])
+        return {"group_id": data["group_id"], "items": items, "created": created}
 
     @consume_contract(wire.RESTORE_REQUESTED)
     def handle_restore_requested(self, body: Any) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.jobs.child import StdoutProgress, main
-from shared.repository import open_repository
+from shared.jobs.child import StdoutProgress, job_repository, main
 from shared.sources.base import RestoreOptions
 from shared.sources.registry import get_driver
 
@@ -17,7 +16,7 @@ def run_restore(spec: dict[str, Any], progress: StdoutProgress) -> dict[str, Any
     options = RestoreOptions(mode=job["mode"], include=list(job.get("include") or []))
     # Checked again here: the target may have changed since the request was accepted.
     driver.check_target(target, options)
-    repository = open_repository(spec["store_url"])
+    repository = job_repository(spec)
     manifest = repository.manifest(job["tenant"], job["backup_id"])
     progress.set_total(manifest.get("logical_bytes"), manifest.get("entries"))
     with repository.reader(job["tenant"], job["backup_id"]) as reader:

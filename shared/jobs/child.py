@@ -72,6 +72,15 @@ class StdoutProgress:
         return self._cancel.is_set()
 
 
+def job_repository(spec: dict[str, Any]) -> Any:
+    """The repository a job works on, opened with the master key the service passed."""
+    import base64
+
+    from shared.repository import open_repository
+
+    return open_repository(spec["store_url"], base64.b64decode(spec["master_key"]))
+
+
 def main(work: Callable[[dict[str, Any], StdoutProgress], dict[str, Any]]) -> int:
     """Entry point of ``python -m services.<svc>.work``."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -9,6 +9,7 @@ this runner renews with every progress event and a periodic heartbeat.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -98,7 +99,10 @@ class JobRunner(DependencyProvider):
     def run(self, spec: dict[str, Any]) -> None:
         job_id = spec["job"]["id"]
         seq = 0
-        base = {"kind": self.kind, "job_id": job_id, "worker_id": self.worker_id}
+        # One runner also runs a service's side jobs (verify, gc) named in the spec.
+        kind = spec.get("kind", self.kind)
+        module = spec.get("module", self.work_module)
+        base = {"kind": kind, "job_id": job_id, "worker_id": self.worker_id}
 
         def progress(figures: dict[str, Any]) -> None:
             nonlocal seq
@@ -122,14 +126,18 @@ class JobRunner(DependencyProvider):
         stderr_tail: deque[str] = deque(maxlen=20)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", self.work_module],
+                [sys.executable, "-m", module],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             self.children[job_id] = proc
-            job_input = {**spec, "store_url": self.settings.store_url}
+            job_input = {
+                **spec,
+                "store_url": self.settings.store_url,
+                "master_key": base64.b64encode(self.settings.master_key()).decode(),
+            }
             proc.stdin.write(json.dumps(job_input).encode())
             proc.stdin.close()
             err_reader = eventlet.spawn(

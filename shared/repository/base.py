@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 ENTRY_TYPES = ("file", "dir", "symlink")
+UNKNOWN_SIZE = -1
 
 
 @dataclass
@@ -22,7 +23,9 @@ class Entry:
 
     ``path`` is relative and ``/``-separated (never absolute, never ``..``: readers
     re-check this because a repository is untrusted input on restore). ``size`` is
-    the exact content length for files; ``mtime_ns`` keeps full precision.
+    the exact content length for files, or ``UNKNOWN_SIZE`` (-1) for a stream whose
+    length is only known at its end (a ``pg_dump`` output, a table's rows): the
+    writer then records the length it read. ``mtime_ns`` keeps full precision.
     """
 
     path: str
@@ -100,7 +103,9 @@ class BackupReader(ABC):
 
 class Repository(ABC):
     @abstractmethod
-    def writer(self, tenant: str, backup_id: str) -> BackupWriter: ...
+    def writer(self, tenant: str, backup_id: str, parent_id: str | None = None) -> BackupWriter:
+        """A writer for a new backup; with ``parent_id`` (an earlier backup of the same
+        source) unchanged files are taken from the parent without being read."""
 
     @abstractmethod
     def reader(self, tenant: str, backup_id: str) -> BackupReader:
@@ -126,8 +131,9 @@ class Repository(ABC):
         """Raise :class:`shared.errors.StoreUnavailable` unless the store answers."""
 
 
-def open_repository(store_url: str) -> Repository:
-    from shared.repository.archive import ArchiveRepository
+def open_repository(store_url: str, master_key: bytes) -> Repository:
+    """The repository at ``store_url``; ``master_key`` (32 bytes) unlocks the tenant keys."""
+    from shared.repository.chunked import ChunkedRepository
     from shared.store import open_store
 
-    return ArchiveRepository(open_store(store_url))
+    return ChunkedRepository(open_store(store_url), master_key)

@@ -330,6 +330,10 @@ class _Found:
             # Only files have content; a directory's st_size is a filesystem detail.
             size=st.st_size if self.type == "file" else 0,
             target=self.target,
+            # With path, size and mtime, the inode lets an incremental backup take an
+            # unchanged file from its parent without reading it (a file replaced by
+            # another of equal size and mtime gets a new inode).
+            meta={"inode": st.st_ino} if self.type == "file" else {},
         )
 
 

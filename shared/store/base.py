@@ -31,6 +31,21 @@ class ObjectStore(ABC):
         """A streaming reader; raises ``KeyError`` when the object is absent."""
 
     @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer only at the end of the object).
+
+        Raises ``KeyError`` when the object is absent. The chunked repository reads
+        single blobs (or runs of neighbouring blobs) out of pack objects with it.
+        """
+
+    @abstractmethod
+    def modified(self, key: str) -> float:
+        """When the object was last written, in epoch seconds; ``KeyError`` if absent.
+
+        Garbage collection only deletes unreferenced objects older than its grace period.
+        """
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -108,6 +109,38 @@ class LocalStore(ObjectStore):
             return open(path, "rb")  # the caller closes it with ``with``
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyError(key) from None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range {offset}+{length} of {key!r}")
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise KeyError(key) from None
+        try:
+            # pread: no shared file position, so parallel readers need no locking.
+            parts: list[bytes] = []
+            got = 0
+            while got < length:
+                data = os.pread(fd, length - got, offset + got)
+                if not data:
+                    break
+                parts.append(data)
+                got += len(data)
+        finally:
+            os.close(fd)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def modified(self, key: str) -> float:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyError(key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyError(key)
+        return st.st_mtime
 
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))

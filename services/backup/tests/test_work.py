@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.repository import open_repository
+
+MASTER_KEY = bytes(range(32))
 
 
 def run_child(module: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -29,6 +32,7 @@ def job(tmp_path: Path, path: Path) -> dict[str, Any]:
         "driver": "filesystem",
         "config": {"path": str(path)},
         "store_url": f"file://{tmp_path}/repo",
+        "master_key": base64.b64encode(MASTER_KEY).decode(),
     }
 
 
@@ -41,7 +45,7 @@ def test_backup_child_writes_the_repository_and_reports(tmp_path: Path) -> None:
     result = lines[-1]["result"]
     assert result["logical_bytes"] == 5000 and result["entries"] == 1
     assert any(line["type"] == "progress" for line in lines)
-    manifest = open_repository(f"file://{tmp_path}/repo").manifest("acme", "job1")
+    manifest = open_repository(f"file://{tmp_path}/repo", MASTER_KEY).manifest("acme", "job1")
     assert manifest["checksum"] == result["checksum"]
     assert manifest["info"]["config"] == {
         "path": str(src),
@@ -62,4 +66,4 @@ def test_backup_child_reports_errors_with_their_code(tmp_path: Path) -> None:
         },
     }
     assert str(tmp_path / "missing") in lines[-1]["error"]["message"]
-    assert list(open_repository(f"file://{tmp_path}/repo").backups()) == []
+    assert list(open_repository(f"file://{tmp_path}/repo", MASTER_KEY).backups()) == []

@@ -127,6 +127,51 @@ def test_large_object_streams(store: ObjectStore) -> None:
     assert stream_digest(store, "big/object.bin") == (size, source.digest.hexdigest())
 
 
+def test_read_range(store: ObjectStore) -> None:
+    payload = bytes(range(256)) * 40
+    store.put_bytes("packs/p1", payload)
+    assert store.read_range("packs/p1", 0, 10) == payload[:10]
+    assert store.read_range("packs/p1", 1000, 2345) == payload[1000:3345]
+    # Past the end: what there is, then nothing; zero length is empty.
+    assert store.read_range("packs/p1", len(payload) - 5, 100) == payload[-5:]
+    assert store.read_range("packs/p1", len(payload), 10) == b""
+    assert store.read_range("packs/p1", len(payload) + 10, 10) == b""
+    assert store.read_range("packs/p1", 7, 0) == b""
+    with pytest.raises(KeyError):
+        store.read_range("packs/missing", 0, 10)
+    with pytest.raises(KeyError):
+        store.read_range("packs/missing", 0, 0)
+    with pytest.raises(ValueError):
+        store.read_range("packs/p1", -1, 10)
+
+
+def test_read_range_of_a_large_object(store: ObjectStore) -> None:
+    source = PatternReader(20 * MiB + 7)
+    store.put("big", source)  # type: ignore[arg-type]
+    whole = b"".join(
+        store.read_range("big", offset, 3 * MiB) for offset in range(0, 21 * MiB, 3 * MiB)
+    )
+    assert len(whole) == 20 * MiB + 7
+    assert hashlib.sha256(whole).hexdigest() == source.digest.hexdigest()
+
+
+def test_modified(store: ObjectStore) -> None:
+    before = time.time()
+    store.put_bytes("stamped", b"x")
+    stamp = store.modified("stamped")
+    # S3 reports whole seconds; allow for that and for a little clock skew.
+    assert before - 2 <= stamp <= time.time() + 2
+    with pytest.raises(KeyError):
+        store.modified("absent")
+
+
+def test_known_length_put_of_a_pack_sized_object(store: ObjectStore) -> None:
+    size = 16 * MiB + 29  # one PUT on S3, not a four-part multipart upload
+    source = PatternReader(size)
+    assert store.put("pack", source, size) == size  # type: ignore[arg-type]
+    assert stream_digest(store, "pack") == (size, source.digest.hexdigest())
+
+
 def test_partial_read_then_close(store: ObjectStore) -> None:
     store.put("big", PatternReader(5 * MiB))  # type: ignore[arg-type]
     for _ in range(3):  # the connection must go back (or be dropped), not leak

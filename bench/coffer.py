@@ -1,0 +1,257 @@
+"""Coffer through its whole platform: ``scripts/run_platform.py`` in a subprocess with a
+private COFFER_HOME, a private RabbitMQ vhost and a free HTTP port, driven over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import requests
+
+from bench.procs import TreePeak, TreeSampler, cmdline, descendants, free_port, parents, stop
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_TARGETS = {
+    "backup": "services.backup.service:BackupService",
+    "restore": "services.restore.service:RestoreService",
+}
+POLL = 0.1  # seconds between two GETs of a running job
+JOB_TIMEOUT = 3 * 3600
+
+
+def export(rev: str, dest: Path) -> str:
+    """Extract commit ``rev`` of this repository into dest (``git archive``: read-only
+    for the repository); returns the short commit id."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return commit
+
+
+class CofferFailed(RuntimeError):
+    """The platform (not the harness) reported an error."""
+
+
+class Vhost:
+    """A private RabbitMQ vhost through the management API; deleted by :meth:`delete`."""
+
+    def __init__(self, api: str, amqp: str) -> None:
+        parsed = urlparse(api)
+        self.api = f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 15672}/api"
+        self.auth = (parsed.username or "guest", parsed.password or "guest")
+        self.name = f"coffer-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.amqp_uri = amqp.rstrip("/") + "/" + quote(self.name, safe="")
+        user = urlparse(amqp).username or "guest"
+        vh = quote(self.name, safe="")
+        requests.put(f"{self.api}/vhosts/{vh}", auth=self.auth, timeout=30).raise_for_status()
+        requests.put(
+            f"{self.api}/permissions/{vh}/{user}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+            auth=self.auth,
+            timeout=30,
+        ).raise_for_status()
+
+    def delete(self) -> None:
+        requests.delete(
+            f"{self.api}/vhosts/{quote(self.name, safe='')}", auth=self.auth, timeout=30
+        )
+
+
+@dataclass
+class JobResult:
+    seconds: float
+    body: dict[str, Any]
+    peaks: dict[str, TreePeak]
+
+
+class Platform:
+    """Start with :meth:`start`, always end with :meth:`close` (safe after any failure)."""
+
+    def __init__(
+        self, home: Path, store_url: str, rabbit_api: str, amqp: str, code: Path = ROOT
+    ) -> None:
+        self.home = home
+        self.code = code  # the tree whose scripts/run_platform.py and services run
+        self.store_url = store_url
+        self.rabbit_api = rabbit_api
+        self.amqp = amqp
+        self.log_path = home / "platform.log"
+        self.vhost: Vhost | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sampler: TreeSampler | None = None
+        self.base = ""
+        self.session = requests.Session()
+        self._known: dict[int, str] = {}  # the launcher's children, to reap if orphaned
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 120) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.vhost = Vhost(self.rabbit_api, self.amqp)
+        address = f"127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "AMQP_URI": self.vhost.amqp_uri,
+            "COFFER_HOME": str(self.home),
+            "COFFER_STORE": self.store_url,
+            "COFFER_HTTP_ADDRESS": address,
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key in (
+            "COFFER_ADMIN_TOKEN",
+            "COFFER_DATABASE_URL",
+            "COFFER_AUDIT_DATABASE_URL",
+            "COFFER_MASTER_KEY",
+            "COFFER_MASTER_KEY_FILE",
+        ):
+            env.pop(key, None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(self.code / "scripts" / "run_platform.py")],
+                cwd=self.code,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # we stop it ourselves, in order, on Ctrl-C too
+            )
+        self.base = f"http://{address}"
+        deadline = time.monotonic() + timeout
+        health = "no answer"
+        while True:
+            if self.proc.poll() is not None:
+                raise CofferFailed(f"the platform exited at start; see {self.log_path}")
+            try:
+                resp = self.session.get(f"{self.base}/healthz", timeout=5)
+                if resp.status_code == 200:
+                    break
+                health = f"HTTP {resp.status_code}: {resp.text[:400]}"
+            except requests.RequestException as exc:
+                health = str(exc)
+            if time.monotonic() > deadline:
+                raise CofferFailed(
+                    f"the platform was not healthy in {timeout:.0f}s; /healthz said {health}"
+                )
+            time.sleep(0.3)
+        token = (self.home / "admin.token").read_text().strip()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        self.sampler = TreeSampler(self._service_pids())
+        self.sampler.start()
+
+    def _service_pids(self) -> dict[str, int]:
+        assert self.proc is not None
+        found: dict[str, int] = {}
+        for pid in descendants(self.proc.pid, parents()):
+            line = cmdline(pid)
+            self._known[pid] = line
+            for name, target in SERVICE_TARGETS.items():
+                if target in line and "nameko" in line:
+                    found[name] = pid
+        missing = set(SERVICE_TARGETS) - set(found)
+        if missing:
+            raise CofferFailed(f"no process found for service(s) {', '.join(sorted(missing))}")
+        return found
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.halt()
+            self._known.update(self.sampler.all_children)
+        if self.proc is not None:
+            stop(self.proc, timeout=40)
+        # Anything the launcher started that outlived it (it died, or we were killed
+        # between two steps): end those pids, and only those, if they are still ours.
+        for pid, line in self._known.items():
+            if line and cmdline(pid) == line:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.vhost is not None:
+            try:
+                self.vhost.delete()
+            except requests.RequestException as exc:
+                print(f"  warning: could not delete vhost {self.vhost.name}: {exc}")
+
+    # -- API ------------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = self.session.request(method, self.base + path, timeout=60, **kwargs)
+        if resp.status_code >= 400:
+            raise CofferFailed(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def add_source(self, tenant: str, name: str, path: Path) -> str:
+        resp = self.session.post(f"{self.base}/api/v1/tenants", json={"name": tenant}, timeout=60)
+        if resp.status_code not in (201, 409):  # 409: it exists already
+            raise CofferFailed(f"POST /api/v1/tenants: HTTP {resp.status_code}: {resp.text}")
+        source = self.call(
+            "POST",
+            "/api/v1/sources",
+            json={
+                "name": name,
+                "tenant": tenant,
+                "driver": "filesystem",
+                "config": {"path": str(path)},
+            },
+        )
+        return str(source["id"])
+
+    def _run(self, create: str, body: dict[str, Any], show: str) -> JobResult:
+        assert self.sampler is not None
+        self.sampler.window()  # start a fresh window
+        started = time.monotonic()
+        job = self.call("POST", create, json=body)
+        url = f"{show}/{job['id']}"
+        while job["status"] in ("pending", "running"):
+            if time.monotonic() - started > JOB_TIMEOUT:
+                raise CofferFailed(f"{url} still {job['status']} after {JOB_TIMEOUT}s")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise CofferFailed(f"the platform stopped during {url}; see {self.log_path}")
+            time.sleep(POLL)
+            job = self.call("GET", url)
+        seconds = time.monotonic() - started
+        peaks = self.sampler.window()
+        if job["status"] != "completed":
+            error = job.get("error") or {}
+            raise CofferFailed(
+                f"{url} ended {job['status']}: {error.get('code')}: {error.get('message')}"
+            )
+        return JobResult(seconds, job, peaks)
+
+    def backup(self, source_id: str, note: str) -> JobResult:
+        return self._run("/api/v1/backups", {"source": source_id, "note": note}, "/api/v1/backups")
+
+    def restore(self, backup_id: str, target: Path) -> JobResult:
+        return self._run(
+            "/api/v1/restores",
+            {"backup_id": backup_id, "target": {"path": str(target)}, "mode": "merge"},
+            "/api/v1/restores",
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        # the gateway's access log (our polling) drowns everything else out
+        kept = [line for line in text.splitlines() if "nameko.web.server" not in line]
+        return "\n".join(kept[-lines:])

@@ -1,0 +1,433 @@
+"""The read pipeline: ranged reads of packs, verified blobs, parallel look-ahead.
+
+Reading a backup is a long ordered list of chunk references. :class:`Prefetcher`
+walks ahead of the consumer over that list, merges references to neighbouring blobs
+of one pack into one ranged read (a pack written by one backup holds its chunks in
+backup order, so a restore of 20,000 small files takes a few hundred requests, not
+20,000), and runs those reads in a thread pool with a bounded window of bytes. Each
+read's blobs are opened (GCM tag, decompression, keyed BLAKE3 against the id) in the
+pool thread, so what the consumer receives is already verified; a bad blob becomes
+an :class:`shared.errors.IntegrityError` at exactly the chunk it spoils.
+
+A pack that vanished may have been rewritten by garbage collection after this
+reader loaded the index: the index is reloaded once and the chunk read from its new
+place before it is declared missing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from shared.errors import IntegrityError
+from shared.repository.chunked import format as fmt
+from shared.repository.chunked.blobs import BlobError, open_blob
+from shared.repository.chunked.index import ChunkIndex
+from shared.repository.chunked.keys import TenantKeys
+from shared.store.base import ObjectStore
+
+T = TypeVar("T")
+
+#: Largest single ranged read (and largest plaintext one read may produce).
+MAX_GROUP_BYTES = 8 * fmt.MiB
+#: Garbage between two wanted blobs that is still cheaper to read than to skip.
+MAX_GAP = 256 * fmt.KiB
+#: Look-ahead budget of the prefetcher, in bytes.
+WINDOW_BYTES = 32 * fmt.MiB
+#: Look-ahead limit in items (entries), whatever their size.
+MAX_ITEMS = 4096
+
+
+@dataclass(frozen=True)
+class Bad:
+    """Why one chunk could not be delivered."""
+
+    kind: str  # "missing" | "corrupt"
+    chunk_id: str
+    reason: str
+
+    def error(self, what: str, details: dict[str, Any]) -> IntegrityError:
+        return IntegrityError(
+            f"{what}: chunk {self.chunk_id} {self.reason}",
+            {**details, "chunk_id": self.chunk_id, "problem": self.kind},
+        )
+
+
+@dataclass
+class Group:
+    """One ranged read: blobs of one pack between ``start`` and ``end``."""
+
+    pack_id: str
+    start: int
+    end: int
+    #: (chunk id, offset, length, raw length), each chunk once.
+    blobs: list[tuple[bytes, int, int, int]] = field(default_factory=list)
+    ids: set[bytes] = field(default_factory=set)
+    raw: int = 0
+    slots: int = 0
+    future: Future[dict[bytes, bytes | Bad]] | None = None
+
+    @property
+    def cost(self) -> int:
+        """Peak bytes while the read is decoded: the range and its plaintexts."""
+        return self.end - self.start + self.raw
+
+    def add(self, chunk_id: bytes, offset: int, length: int, raw_length: int) -> None:
+        self.slots += 1
+        if chunk_id in self.ids:
+            return
+        self.ids.add(chunk_id)
+        self.blobs.append((chunk_id, offset, length, raw_length))
+        self.start = min(self.start, offset)
+        self.end = max(self.end, offset + length)
+        self.raw += raw_length
+
+    def fits(self, pack_id: str, offset: int, length: int, raw_length: int) -> bool:
+        if pack_id != self.pack_id:
+            return False
+        if offset >= self.start and offset + length <= self.end:
+            return True  # already inside the range (a repeated chunk)
+        if offset < self.end or offset - self.end > MAX_GAP:
+            return False
+        return (
+            offset + length - self.start <= MAX_GROUP_BYTES
+            and self.raw + raw_length <= MAX_GROUP_BYTES
+        )
+
+
+class ChunkSource:
+    """Fetches and verifies blobs of one tenant; shared by the pool's threads."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        keys: TenantKeys,
+        index: ChunkIndex,
+        *,
+        reload_index: Callable[[], ChunkIndex] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.index = index
+        self._reload_index = reload_index
+        self._generation = 0
+        self._reload_lock = threading.Lock()
+        #: Index reloads left: a damaged repository must not cause one per read.
+        self._reloads_left = 2
+
+    def _reload(self, generation: int) -> None:
+        """Reload the index unless another thread already did since ``generation``."""
+        if self._reload_index is None:
+            return
+        with self._reload_lock:
+            if self._generation == generation and self._reloads_left > 0:
+                self._reloads_left -= 1
+                self.index = self._reload_index()
+                self._generation += 1
+
+    def locate(self, chunk_id: bytes) -> tuple[str, int, int] | None:
+        loc = self.index.locate(chunk_id)
+        if loc is None and self._reload_index is not None:
+            # Loaded while garbage collection swapped a repacked pack's index for
+            # its replacement? One fresh look before calling the chunk missing.
+            self._reload(self._generation)
+            loc = self.index.locate(chunk_id)
+        return loc
+
+    def group_for(self, chunk_id: bytes, raw_length: int) -> Group | Bad:
+        loc = self.locate(chunk_id)
+        if loc is None:
+            return Bad("missing", chunk_id.hex(), "is not in the repository index")
+        pack_id, offset, length = loc
+        group = Group(pack_id, offset, offset + length)
+        group.add(chunk_id, offset, length, raw_length)
+        return group
+
+    def fetch(self, group: Group, *, relocate: bool = True) -> dict[bytes, bytes | Bad]:
+        """Every blob of ``group``, verified, or why not (never raises for bad data)."""
+        generation = self._generation
+        key = fmt.pack_key(self.keys.tenant, group.pack_id)
+        try:
+            data = self.store.read_range(key, group.start, group.end - group.start)
+        except KeyError:
+            if relocate:
+                return self._relocate(group, generation)
+            return {
+                chunk_id: Bad(
+                    "missing", chunk_id.hex(), f"is missing: pack {group.pack_id} is gone"
+                )
+                for chunk_id, _, _, _ in group.blobs
+            }
+        out: dict[bytes, bytes | Bad] = {}
+        view = memoryview(data)
+        for chunk_id, offset, length, raw_length in group.blobs:
+            rel = offset - group.start
+            if rel + length > len(data):
+                out[chunk_id] = Bad(
+                    "corrupt", chunk_id.hex(), f"is cut short: pack {group.pack_id} is truncated"
+                )
+                continue
+            try:
+                out[chunk_id] = open_blob(self.keys, chunk_id, view[rel : rel + length], raw_length)
+            except BlobError as exc:
+                out[chunk_id] = Bad(
+                    "corrupt", chunk_id.hex(), f"is corrupt in pack {group.pack_id}: {exc.reason}"
+                )
+        return out
+
+    def _relocate(self, group: Group, generation: int) -> dict[bytes, bytes | Bad]:
+        """The pack is gone: look again in a fresh index (GC may have moved it)."""
+        self._reload(generation)
+        out: dict[bytes, bytes | Bad] = {}
+        for chunk_id, _, _, raw_length in group.blobs:
+            loc = self.index.locate(chunk_id)
+            if loc is None or loc[0] == group.pack_id or self._reload_index is None:
+                out[chunk_id] = Bad(
+                    "missing", chunk_id.hex(), f"is missing: pack {group.pack_id} is gone"
+                )
+                continue
+            moved = Group(loc[0], loc[1], loc[1] + loc[2])
+            moved.add(chunk_id, loc[1], loc[2], raw_length)
+            out.update(self.fetch(moved, relocate=False))
+        return out
+
+
+class Slot:
+    """One chunk reference in consumption order; gets its group when planned."""
+
+    __slots__ = ("bad", "chunk_id", "group", "raw_length")
+
+    def __init__(self, chunk_id: bytes, raw_length: int) -> None:
+        self.chunk_id = chunk_id
+        self.raw_length = raw_length
+        self.group: Group | None = None
+        self.bad: Bad | None = None
+
+
+class Prefetcher(Generic[T]):
+    """Plans, schedules and hands out the chunks of ``items`` in order.
+
+    ``items`` yields ``(item, [(chunk_id, raw_length), ...])``; iterating the
+    prefetcher yields ``(item, slots)`` and :meth:`get` turns each slot, in order,
+    into verified bytes. Planning goes one chunk reference at a time, so a single
+    huge file is read ahead by ``window_bytes``, not as a whole.
+    """
+
+    def __init__(
+        self,
+        source: ChunkSource,
+        pool: ThreadPoolExecutor,
+        items: Iterator[tuple[T, list[tuple[bytes, int]]]],
+        *,
+        window_bytes: int = WINDOW_BYTES,
+        max_items: int = MAX_ITEMS,
+    ) -> None:
+        self._source = source
+        self._pool = pool
+        self._items = items
+        self._window = window_bytes
+        self._max_items = max_items
+        #: Items pulled from the source but not yet handed to the consumer.
+        self._ready: deque[tuple[T, list[Slot]]] = deque()
+        #: Slots pulled but not yet assigned to a read, in order.
+        self._unplanned: deque[Slot] = deque()
+        self._open: Group | None = None
+        self._inflight = 0
+        self._submitted: deque[Group] = deque()
+        self._exhausted = False
+
+    def __iter__(self) -> Iterator[tuple[T, list[Slot]]]:
+        while True:
+            self._top_up()
+            if not self._ready and not self._pull():
+                return
+            yield self._ready.popleft()
+
+    def get(self, slot: Slot, what: str, details: dict[str, Any]) -> bytes:
+        while slot.group is None and slot.bad is None:
+            # The consumer caught up with planning: plan up to this slot, whatever
+            # the window says.
+            self._plan_one()
+        self._top_up()
+        if slot.bad is not None:
+            raise slot.bad.error(what, details)
+        group = slot.group
+        assert group is not None
+        if group.future is None:
+            if group is self._open:
+                self._open = None
+            self._submit(group)
+        assert group.future is not None
+        result = group.future.result()
+        value = result[slot.chunk_id]
+        group.slots -= 1
+        if group.slots == 0:
+            self._inflight -= group.cost
+            group.future = None  # drop the plaintexts
+        while self._submitted and self._submitted[0].future is None:
+            self._submitted.popleft()
+        if isinstance(value, Bad):
+            raise value.error(what, details)
+        return value
+
+    def close(self) -> None:
+        for group in self._submitted:
+            if group.future is not None:
+                group.future.cancel()
+        self._submitted.clear()
+        self._ready.clear()
+        self._unplanned.clear()
+
+    def _submit(self, group: Group) -> None:
+        group.future = self._pool.submit(self._source.fetch, group)
+        self._inflight += group.cost
+        self._submitted.append(group)
+
+    def _pull(self) -> bool:
+        """Take the next item from the source; False at its end."""
+        if self._exhausted:
+            return False
+        nxt = next(self._items, None)
+        if nxt is None:
+            self._exhausted = True
+            return False
+        item, refs = nxt
+        slots = [Slot(chunk_id, raw_length) for chunk_id, raw_length in refs]
+        self._unplanned.extend(slots)
+        self._ready.append((item, slots))
+        return True
+
+    def _top_up(self) -> None:
+        while True:
+            pending = self._open.cost if self._open is not None else 0
+            if self._inflight + pending >= self._window:
+                return
+            if not self._unplanned:
+                if len(self._ready) >= self._max_items or not self._pull():
+                    break
+                continue
+            self._plan_one()
+        # Nothing more to plan for now: start the read being built.
+        if self._open is not None and self._inflight + self._open.cost < self._window:
+            group, self._open = self._open, None
+            self._submit(group)
+
+    def _plan_one(self) -> None:
+        if not self._unplanned and not self._pull():
+            raise RuntimeError("prefetcher: nothing left to plan")
+        if not self._unplanned:
+            return
+        slot = self._unplanned.popleft()
+        loc = self._source.locate(slot.chunk_id)
+        if loc is None:
+            slot.bad = Bad("missing", slot.chunk_id.hex(), "is not in the repository index")
+            return
+        pack_id, offset, length = loc
+        group = self._open
+        if group is None or not group.fits(pack_id, offset, length, slot.raw_length):
+            if group is not None:
+                self._submit(group)
+            group = self._open = Group(pack_id, offset, offset + length)
+        group.add(slot.chunk_id, offset, length, slot.raw_length)
+        slot.group = group
+
+
+class TreeReader:
+    """The entry stream of a backup (JSON Lines over its tree chunks), parsed lazily.
+
+    Tree chunks are fetched a few ahead; the keyed BLAKE3 of the whole stream is
+    compared with the manifest's checksum once the stream ends.
+    """
+
+    LOOKAHEAD = 4
+
+    def __init__(
+        self,
+        source: ChunkSource,
+        pool: ThreadPoolExecutor,
+        tree: list[tuple[bytes, int]],
+        checksum: str | None,
+        what: str,
+        details: dict[str, Any],
+    ) -> None:
+        self._source = source
+        self._pool = pool
+        self._tree = tree
+        self._checksum = checksum
+        self._what = what
+        self._details = details
+        self.count = 0
+
+    def _fetch_one(self, chunk_id: bytes, raw_length: int) -> bytes:
+        group = self._source.group_for(chunk_id, raw_length)
+        if isinstance(group, Bad):
+            raise group.error(self._what, self._details)
+        value = self._source.fetch(group)[chunk_id]
+        if isinstance(value, Bad):
+            raise value.error(self._what, self._details)
+        return value
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        hasher = self._source.keys.hasher()
+        pending: deque[Future[bytes]] = deque()
+        refs = iter(self._tree)
+        tail = b""
+        try:
+            while True:
+                while len(pending) < self.LOOKAHEAD:
+                    ref = next(refs, None)
+                    if ref is None:
+                        break
+                    pending.append(self._pool.submit(self._fetch_one, *ref))
+                if not pending:
+                    break
+                data = pending.popleft().result()
+                hasher.update(data)
+                lines = (tail + data).split(b"\n")
+                tail = lines.pop()
+                for line in lines:
+                    yield self._parse(line)
+            if tail:
+                raise self._corrupt("the entry stream does not end with a newline")
+        finally:
+            for future in pending:
+                future.cancel()
+        if self._checksum is not None and "blake3:" + hasher.hexdigest() != self._checksum:
+            raise self._corrupt("the entry stream does not match the manifest's checksum")
+
+    def _parse(self, line: bytes) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise self._corrupt(f"entry {self.count} is not valid JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise self._corrupt(f"entry {self.count} is not an object")
+        self.count += 1
+        return record
+
+    def _corrupt(self, detail: str) -> IntegrityError:
+        return IntegrityError(f"{self._what}: {detail}", dict(self._details))
+
+
+def parse_refs(value: object) -> list[tuple[bytes, int]] | None:
+    """``[[hex id, raw length], ...]`` as ``[(id bytes, raw length)]``; ``None`` if malformed."""
+    if not isinstance(value, list):
+        return None
+    out: list[tuple[bytes, int]] = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not fmt.is_chunk_id(item[0])
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+            or not 0 < item[1] <= 1 << 31
+        ):
+            return None
+        out.append((bytes.fromhex(item[0]), item[1]))
+    return out
