@@ -104,6 +104,7 @@ def details(tool: str, run: dict[str, Any]) -> str:
         "repo growth",
         "peak RSS",
         "children HWM",
+        "load before",
         "note",
     ]
     rows = []
@@ -118,6 +119,7 @@ def details(tool: str, run: dict[str, Any]) -> str:
                 mb(step.get("repo_delta")),
                 mb(step.get("peak_rss_bytes")),
                 mb(step.get("children_hwm_bytes")),
+                "-" if step.get("load1_before") is None else f"{step['load1_before']:.2f}",
                 step.get("note", ""),
             ]
         )

@@ -190,10 +190,12 @@ class Bench:
                     expected = snapshot(data)
                     logical = self.logical + change.bytes_appended
                 before = repo_bytes()
+                load = os.getloadavg()[0]  # the machine is shared: note how busy
                 job = plat.backup(source, name)
                 after = repo_bytes()
                 step = {
                     "step": name,
+                    "load1_before": load,
                     "logical_bytes": logical,
                     **self._coffer_figures(job, "backup"),
                     "stored_reported": (job.body.get("size") or {}).get("stored"),
@@ -206,10 +208,12 @@ class Bench:
             if only_first:
                 return run
             target = where / "restored"
+            load = os.getloadavg()[0]  # the machine is shared: note how busy
             job = plat.restore(job.body["id"], target)
             verdict = compare(expected, snapshot(target))
             step = {
                 "step": "restore",
+                "load1_before": load,
                 "logical_bytes": logical,
                 **self._coffer_figures(job, "restore"),
                 "verified": verdict.identical,
@@ -257,10 +261,12 @@ class Bench:
                     expected = snapshot(data)
                     logical = self.logical + change.bytes_appended
                 before = repo_bytes()
+                load = os.getloadavg()[0]  # the machine is shared: note how busy
                 result = tool.backup(data)
                 after = repo_bytes()
                 step = {
                     "step": name,
+                    "load1_before": load,
                     "logical_bytes": logical,
                     "seconds": result.seconds,
                     "peak_rss_bytes": result.max_rss_bytes,
@@ -275,10 +281,12 @@ class Bench:
             if only_first:
                 return run
             target = where / "restored"
+            load = os.getloadavg()[0]  # the machine is shared: note how busy
             result = tool.restore(target)
             verdict = compare(expected, snapshot(target / str(data).lstrip("/")))
             step = {
                 "step": "restore",
+                "load1_before": load,
                 "logical_bytes": logical,
                 "seconds": result.seconds,
                 "peak_rss_bytes": result.max_rss_bytes,

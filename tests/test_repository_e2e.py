@@ -194,3 +194,48 @@ def test_catalog_rebuild_equals_the_catalog_it_replaces(platform: Platform, tmp_
     finally:
         original.dispose()
         fresh.dispose()
+
+
+def test_whole_tenant_backup_groups_its_parts(platform: Platform, tmp_path: Path) -> None:
+    tenant = platform.tenant()
+    operator = platform.token("operator", tenant)
+    trees = {}
+    for name in ("web", "uploads"):
+        trees[name] = make_tree(tmp_path / name)
+        resp = operator.post(
+            "/api/v1/sources",
+            json={"name": name, "driver": "filesystem", "config": {"path": str(trees[name])}},
+        )
+        assert resp.status_code == 201, resp.text
+
+    resp = operator.post("/api/v1/backups", json={"scope": "databases"})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "source_not_found"
+    resp = operator.post("/api/v1/backups", json={"scope": "files", "source": "web"})
+    assert resp.status_code == 400
+
+    resp = operator.post("/api/v1/backups", json={"scope": "files", "note": "nightly"})
+    assert resp.status_code == 202, resp.text
+    group = resp.json()
+    assert sorted(b["source"] for b in group["items"]) == ["uploads", "web"]
+    for item in group["items"]:
+        assert operator.wait_for(f"/api/v1/backups/{item['id']}")["status"] == "completed"
+    listed = operator.get("/api/v1/backups", params={"group_id": group["group_id"]}).json()
+    assert listed["total"] == 2
+
+    before = {name: snapshot(tree) for name, tree in trees.items()}
+    for tree in trees.values():
+        (tree / "docs" / "readme.txt").write_text("changed\n")
+    resp = operator.post(
+        "/api/v1/restores",
+        json={"group_id": group["group_id"], "mode": "replace", "confirm": "web"},
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "confirmation_required"
+    resp = operator.post(
+        "/api/v1/restores",
+        json={"group_id": group["group_id"], "mode": "replace", "confirm": tenant},
+    )
+    assert resp.status_code == 202, resp.text
+    for item in resp.json()["items"]:
+        done = operator.wait_for(f"/api/v1/restores/{item['id']}")
+        assert done["status"] == "completed", done
+    assert {name: snapshot(tree) for name, tree in trees.items()} == before

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from services.catalog.models import Chunk
@@ -32,26 +34,26 @@ def add_rows(session: Session, tenant: str, rows: Iterable[dict[str, Any]]) -> i
 
 
 def _insert_new(session: Session, tenant: str, batch: list[dict[str, Any]]) -> int:
-    ids = {r["chunk_id"] for r in batch}
-    known = set(
-        session.scalars(
-            select(Chunk.chunk_id).where(Chunk.tenant == tenant, Chunk.chunk_id.in_(ids))
-        )
-    )
-    fresh = {r["chunk_id"]: r for r in batch if r["chunk_id"] not in known}
-    session.add_all(
-        Chunk(
-            tenant=tenant,
-            chunk_id=r["chunk_id"],
-            pack_id=r["pack_id"],
-            offset=r["offset"],
-            length=r["length"],
-            raw_length=r["raw_length"],
-        )
-        for r in fresh.values()
-    )
-    session.flush()
-    return len(fresh)
+    """Insert, skipping chunk ids already mirrored.
+
+    Two backups of one tenant running at once may both store a chunk (in two packs);
+    their reports race here, so the insert itself ignores conflicts.
+    """
+    rows = [
+        {
+            "tenant": tenant,
+            "chunk_id": r["chunk_id"],
+            "pack_id": r["pack_id"],
+            "offset": r["offset"],
+            "length": r["length"],
+            "raw_length": r["raw_length"],
+        }
+        for r in batch
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    result = session.execute(insert(Chunk).values(rows).on_conflict_do_nothing())
+    return int(result.rowcount or 0)
 
 
 def mirror_packs(session: Session, repository: Any, tenant: str, packs: list[str]) -> int:

@@ -630,13 +630,11 @@ class CatalogService:
         row = cast(Backup | Restore | None, self.db.get(model, job_id))
         assert row is not None
         self.db.refresh(row)
-        if kind == "backup" and status == jobs.COMPLETED:
-            chunk_index.mirror_packs(
-                self.db, self._repository(), row.tenant, result.get("packs") or []
-            )
         self._announce(kind, row, status)
         self.db.commit()
         self._flush()
+        if kind == "backup" and status == jobs.COMPLETED:
+            self._mirror(row.tenant, result.get("packs") or [])
         self.audit.record(
             f"{kind}.run",
             resource={"type": kind, "id": job_id},
@@ -647,6 +645,19 @@ class CatalogService:
             details={"status": status, "error": error, "source": row.source_name},
         )
         return True
+
+    def _mirror(self, tenant: str, packs: list[str]) -> None:
+        """Copy the new packs' index into the catalog's chunk index.
+
+        Best effort, after the job's outcome is committed: the store's index is the
+        truth, and ``services.catalog.rebuild`` restores the mirror if this fails.
+        """
+        try:
+            chunk_index.mirror_packs(self.db, self._repository(), tenant, packs)
+            self.db.commit()
+        except Exception:
+            self.db.rollback()
+            log.exception("could not mirror the chunk index of %d packs of %s", len(packs), tenant)
 
     def _announce(self, kind: str, row: Any, status: str) -> None:
         """Queue the public ``backup.<status>`` / ``restore.<status>`` event."""
