@@ -183,6 +183,13 @@ class IntegrityError(CofferError):
     http_status = 422
 
 
+class MasterKeyMismatch(IntegrityError):
+    """The configured master key does not open the repository's tenant keys."""
+
+    code = "master_key_mismatch"
+    http_status = 500
+
+
 # 503 -- a dependency is down
 class StoreUnavailable(CofferError):
     """The object store cannot be reached."""

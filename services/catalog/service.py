@@ -780,13 +780,15 @@ class CatalogService:
         if tenant and result.get("deleted_packs"):
             chunk_index.forget_packs(self.db, tenant, list(result["deleted_packs"]))
             self.db.commit()
+        if tenant and result.get("new_packs"):  # live chunks a repack moved
+            self._mirror(tenant, list(result["new_packs"]))
         self.audit.record(
             "repository.gc",
             resource={"type": "repository", "id": tenant},
             outcome="success" if payload["status"] == jobs.COMPLETED else "failure",
             tenant=tenant,
             actor=SYSTEM.actor(),
-            details={k: v for k, v in result.items() if k != "deleted_packs"}
+            details={k: v for k, v in result.items() if k not in ("deleted_packs", "new_packs")}
             | {"error": payload.get("error")},
         )
 

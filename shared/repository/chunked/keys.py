@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.crypto import derive_key
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, MasterKeyMismatch
 from shared.repository.chunked import format as fmt
 from shared.store.base import ObjectStore
 
@@ -71,8 +71,8 @@ def _kek(master_key: bytes) -> AESGCM:
     return AESGCM(derive_key(bytes(master_key), "coffer/kek"))
 
 
-def _wrong_master_key(tenant: str) -> IntegrityError:
-    return IntegrityError(
+def _wrong_master_key(tenant: str) -> MasterKeyMismatch:
+    return MasterKeyMismatch(
         f"the master key does not open tenant {tenant}'s key: wrong COFFER_MASTER_KEY?",
         {"tenant": tenant, "reason": "wrong_master_key"},
     )

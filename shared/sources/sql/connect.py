@@ -31,6 +31,7 @@ message, in case a driver ever echoes it).
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -143,6 +144,10 @@ def open_engine(url: str, *, write: bool = False) -> Engine:
             connect_args={"timeout": CONNECT_TIMEOUT, "application_name": "coffer"},
         )
 
+        # Batch executemany INSERTs into multi-row statements (pg8000 would otherwise
+        # send one statement, one round trip, per row), as SQLAlchemy does for psycopg2.
+        engine.dialect.use_insertmanyvalues_wo_returning = True
+
         @event.listens_for(engine, "connect")
         def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
             # pg8000 keeps its connect timeout as the socket timeout for good; a long
@@ -150,6 +155,11 @@ def open_engine(url: str, *, write: bool = False) -> Engine:
             sock = getattr(dbapi_conn, "_usock", None)
             if sock is not None:
                 sock.settimeout(None)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    # pg8000 writes a statement in several small packets; with Nagle's
+                    # algorithm each round trip then waits on a delayed ACK (~40 ms).
+                    # libpq sets TCP_NODELAY too.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         return engine
     engine = sa.create_engine(
