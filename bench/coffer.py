@@ -28,6 +28,7 @@ SERVICE_TARGETS = {
 }
 POLL = 0.1  # seconds between two GETs of a running job
 JOB_TIMEOUT = 3 * 3600
+UNAVAILABLE_FOR = 300  # how long a 503 from the gateway is retried
 
 
 def export(rev: str, dest: Path) -> str:
@@ -83,6 +84,7 @@ class JobResult:
     seconds: float
     body: dict[str, Any]
     peaks: dict[str, TreePeak]
+    unavailable: list[str]  # the 503 answers met on the way (each retried after 1 s)
 
 
 class Platform:
@@ -199,6 +201,21 @@ class Platform:
         body: dict[str, Any] = resp.json()
         return body
 
+    def _patient(self, method: str, path: str, tally: list[str], **kwargs: Any) -> dict[str, Any]:
+        """Like :meth:`call`, but a 503 (a service did not answer the gateway in time) is
+        retried for up to UNAVAILABLE_FOR seconds, as a client would; each one is tallied."""
+        deadline = time.monotonic() + UNAVAILABLE_FOR
+        while True:
+            resp = self.session.request(method, self.base + path, timeout=90, **kwargs)
+            if resp.status_code != 503 or time.monotonic() > deadline:
+                break
+            tally.append(f"{method} {path}: {resp.text[:200]}")
+            time.sleep(1)
+        if resp.status_code >= 400:
+            raise CofferFailed(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+        body: dict[str, Any] = resp.json()
+        return body
+
     def add_source(self, tenant: str, name: str, path: Path) -> str:
         resp = self.session.post(f"{self.base}/api/v1/tenants", json={"name": tenant}, timeout=60)
         if resp.status_code not in (201, 409):  # 409: it exists already
@@ -218,8 +235,11 @@ class Platform:
     def _run(self, create: str, body: dict[str, Any], show: str) -> JobResult:
         assert self.sampler is not None
         self.sampler.window()  # start a fresh window
+        unavailable: list[str] = []
+        # request_id makes a retried POST idempotent: the same job comes back
+        body = {**body, "request_id": uuid.uuid4().hex}
         started = time.monotonic()
-        job = self.call("POST", create, json=body)
+        job = self._patient("POST", create, unavailable, json=body)
         url = f"{show}/{job['id']}"
         while job["status"] in ("pending", "running"):
             if time.monotonic() - started > JOB_TIMEOUT:
@@ -227,7 +247,7 @@ class Platform:
             if self.proc is not None and self.proc.poll() is not None:
                 raise CofferFailed(f"the platform stopped during {url}; see {self.log_path}")
             time.sleep(POLL)
-            job = self.call("GET", url)
+            job = self._patient("GET", url, unavailable)
         seconds = time.monotonic() - started
         peaks = self.sampler.window()
         if job["status"] != "completed":
@@ -235,7 +255,7 @@ class Platform:
             raise CofferFailed(
                 f"{url} ended {job['status']}: {error.get('code')}: {error.get('message')}"
             )
-        return JobResult(seconds, job, peaks)
+        return JobResult(seconds, job, peaks, unavailable)
 
     def backup(self, source_id: str, note: str) -> JobResult:
         return self._run("/api/v1/backups", {"source": source_id, "note": note}, "/api/v1/backups")
@@ -252,6 +272,11 @@ class Platform:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        # the gateway's access log (our polling) drowns everything else out
-        kept = [line for line in text.splitlines() if "nameko.web.server" not in line]
+        # warnings, errors and anything not a log record (tracebacks); not INFO records
+        kept = []
+        for line in text.splitlines():
+            message = line.split("] ", 1)[-1]
+            is_record = message[:4].isdigit()  # records start with their date
+            if not is_record or any(f" {lvl} " in message for lvl in ("WARNING", "ERROR")):
+                kept.append(line)
         return "\n".join(kept[-lines:])

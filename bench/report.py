@@ -25,7 +25,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def mb(value: float | None) -> str:
-    return "-" if value is None else f"{value / MB:,.1f} MB"
+    if value is None:
+        return "-"
+    if abs(value) < MB:
+        return f"{value / 1000:,.1f} kB"
+    return f"{value / MB:,.1f} MB"
 
 
 def secs(value: float | None) -> str:
@@ -42,6 +46,12 @@ def ratio(a: float | None, b: float | None) -> str:
     if b == 0 or a / b > 1000:
         return ">1000x"
     return f"{a / b:,.2f}x"
+
+
+def stored_ratio(a: float | None, b: float | None) -> str:
+    if a is not None and b is not None and max(a, b) < MB:
+        return "both < 1 MB"
+    return ratio(a, b)
 
 
 def pct(value: float | None) -> str:
@@ -88,7 +98,9 @@ def side_by_side(store: dict[str, Any]) -> str:
                 mb(r.get("repo_delta")),
                 mb(r.get("peak_rss_bytes")),
                 ratio(c.get("seconds"), r.get("seconds")),
-                ratio(c.get("repo_delta"), r.get("repo_delta")) if name != "restore" else "-",
+                stored_ratio(c.get("repo_delta"), r.get("repo_delta"))
+                if name != "restore"
+                else "-",
             ]
         )
     return table(header, rows)

@@ -113,6 +113,7 @@ class Bench:
         self.data: DataSet | None = None
         self.restic = ""
         self.code = ROOT
+        self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.results: dict[str, Any] = {"stores": {}, "rss_sizes": []}
 
     @property
@@ -160,6 +161,8 @@ class Bench:
             "children_seen": peak["children_seen"],
             "rss_samples": peak["samples"],
             "rss_tree": tree,
+            "unavailable": job.unavailable,
+            **({"note": f"{len(job.unavailable)} x HTTP 503 retried"} if job.unavailable else {}),
         }
 
     # -- Coffer -------------------------------------------------------------------------
@@ -226,12 +229,25 @@ class Bench:
             log(f"  coffer {store}: FAILED inside Coffer: {exc}")
             tail = plat.log_tail(25)
             if tail:
-                log("  last lines of the platform log:\n    " + tail.replace("\n", "\n    "))
+                log(
+                    "  last warnings and errors of the platform:\n    "
+                    + tail.replace("\n", "\n    ")
+                )
         finally:
             if change is not None:
                 change.revert()
             plat.close()
+            label = store if not only_first else f"{store}-{data.name}-{data.parent.name}"
+            run["platform_log"] = str(self._keep_log(plat.log_path, label))
         return run
+
+    def _keep_log(self, path: Path, store: str) -> Path:
+        """Copy a platform log next to the results (the work dir goes)."""
+        self.args.results.mkdir(parents=True, exist_ok=True)
+        kept = self.args.results / f"{self.stamp}-{store}-platform.log"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(path, kept)
+        return kept
 
     # -- restic -------------------------------------------------------------------------
 
@@ -639,8 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
         args.results.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = args.results / f"{stamp}.json"
+        out = args.results / f"{bench.stamp}.json"
         out.write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
         print()
         print(bench.summary())

@@ -81,6 +81,13 @@ class InvalidMessage(CofferError):
     http_status = 400
 
 
+class Unsupported(CofferError):
+    """The source's driver does not offer this operation."""
+
+    code = "unsupported"
+    http_status = 400
+
+
 class ConfirmationRequired(CofferError):
     """A destructive operation needs ``confirm`` equal to the source name."""
 

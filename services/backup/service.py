@@ -15,7 +15,7 @@ from nameko.events import event_handler
 from nameko.rpc import RpcProxy, rpc
 
 from shared import wire
-from shared.errors import CofferError
+from shared.errors import CofferError, ConfirmationRequired, Unsupported
 from shared.jobs.runner import JobHandle, JobRunner
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import Principal, service_principal
@@ -119,6 +119,35 @@ class BackupService:
         self.jobs.take(
             lambda worker_id: self.catalog_rpc.claim_verify(payload["backup_id"], worker_id)
         )
+
+    @event_handler("catalog", "clear_queued")
+    def handle_clear_queued(self, payload: dict[str, Any]) -> None:
+        self.jobs.take(
+            lambda worker_id: self.catalog_rpc.claim_clear(payload["backup_id"], worker_id)
+        )
+
+    @rpc(expected_exceptions=CofferError)
+    def request_clear(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``{source, tables, keep?, confirm}``: a safety backup, then the clearing.
+
+        The source's driver must offer ``clear``; ``confirm`` must be the source's name.
+        """
+        source = self.catalog_rpc.source_config(principal, data["source"])
+        driver = get_driver(source["driver"])
+        if not hasattr(driver, "clear"):
+            raise Unsupported(
+                f"{source['driver']} sources have no tables to clear", {"driver": source["driver"]}
+            )
+        if data.get("confirm") != source["name"]:
+            raise ConfirmationRequired(
+                f"clearing deletes rows: set confirm to the source name {source['name']!r}",
+                {"confirm": [f"must equal {source['name']!r}"]},
+            )
+        driver.check(driver.validate_config(source["config"]))
+        result: dict[str, Any] = self.catalog_rpc.submit_clear(
+            principal, {**data, "source": source["id"]}
+        )
+        return result
 
     @event_handler("catalog", "gc_queued")
     def handle_gc_queued(self, payload: dict[str, Any]) -> None:

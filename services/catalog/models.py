@@ -108,6 +108,11 @@ class Backup(JobColumns, Base):
     #: None, then pending -> running -> completed | failed for the latest verify run.
     verify_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     verification: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Set on the safety backup a "clear tables" request takes first: what to clear,
+    #: then waiting -> queued -> running -> completed | failed | skipped, and the report.
+    clear: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: ``clear["status"]`` as a plain column, so that claiming is one conditional UPDATE.
+    clear_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Restore(JobColumns, Base):

@@ -323,6 +323,102 @@ class CatalogService:
         return {"backup": backup_view(row), "created": True}
 
     @rpc(expected_exceptions=CofferError)
+    def submit_clear(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Take a safety backup of a source; its tables are cleared once it completes.
+
+        ``data``: ``{source, tables, keep?, requested_by}``. Returns the safety backup,
+        whose ``clear`` field follows the clearing through to its report.
+        """
+        who = Principal.from_dict(principal)
+        source = self._source(who, data["source"])
+        result = self.submit_backup(
+            principal,
+            {
+                "source": source.id,
+                "note": "safety backup before clearing " + ", ".join(data["tables"]),
+                "requested_by": data.get("requested_by"),
+            },
+        )
+        row = self.db.get(Backup, result["backup"]["id"])
+        assert row is not None
+        row.clear_status = "waiting"
+        row.clear = {
+            "status": "waiting",
+            "tables": list(data["tables"]),
+            "keep": dict(data.get("keep") or {}),
+            "requested_by": data.get("requested_by"),
+        }
+        self.db.commit()
+        return backup_view(row)
+
+    @rpc(expected_exceptions=CofferError)
+    def claim_clear(self, backup_id: str, worker_id: str) -> dict[str, Any] | None:
+        claimed = self.db.execute(
+            update(Backup)
+            .where(Backup.id == backup_id, Backup.clear_status == "queued")
+            .values(clear_status="running")
+        ).rowcount
+        self.db.commit()
+        row = self.db.get(Backup, backup_id)
+        if not claimed or row is None or row.clear is None:
+            return None
+        self.db.refresh(row)
+        row.clear = {**row.clear, "status": "running"}
+        self.db.commit()
+        source = self.db.get(Source, row.source_id) if row.source_id else None
+        if source is None:
+            self._set_clear(row, "failed", error=SourceNotFound("the source was deleted").to_dict())
+            return None
+        return {
+            "kind": "clear",
+            "module": "services.backup.clear",
+            "job": {"id": row.id, "tenant": row.tenant},
+            "driver": source.driver,
+            "config": self._open_config(source),
+            "tables": row.clear["tables"],
+            "keep": row.clear.get("keep") or {},
+            "lease_seconds": self.settings.job_lease_seconds,
+        }
+
+    def _set_clear(
+        self,
+        row: Backup,
+        status: str,
+        report: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the clearing's outcome and audit it (one ``source.clear`` event)."""
+        assert row.clear is not None
+        row.clear = {**row.clear, "status": status, "report": report, "error": error}
+        row.clear_status = status
+        self.db.commit()
+        self.audit.record(
+            "source.clear",
+            resource={"type": "source", "id": row.source_id},
+            outcome="success" if status == "completed" else "failure",
+            tenant=row.tenant,
+            actor=SYSTEM.actor(),
+            request_id=row.request_id,
+            details={
+                "safety_backup": row.id,
+                "tables": row.clear["tables"],
+                "keep": row.clear.get("keep"),
+                "requested_by": row.clear.get("requested_by"),
+                "report": report,
+                "error": error,
+            },
+        )
+
+    def _cleared(self, payload: dict[str, Any]) -> None:
+        row = self.db.get(Backup, payload["job_id"])
+        if row is None or row.clear is None or row.clear_status != "running":
+            return
+        if payload["status"] == jobs.COMPLETED:
+            self._set_clear(row, "completed", report=payload.get("result"))
+        else:
+            self._set_clear(row, "failed", error=payload.get("error"))
+
+    @rpc(expected_exceptions=CofferError)
     def submit_group(self, principal: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """A whole-tenant backup: one backup per matching source, grouped.
 
@@ -588,6 +684,9 @@ class CatalogService:
         if payload["kind"] == "gc":
             self._collected(payload)
             return
+        if payload["kind"] == "clear":
+            self._cleared(payload)
+            return
         self._finish(
             payload["kind"],
             payload["job_id"],
@@ -635,6 +734,23 @@ class CatalogService:
         self._flush()
         if kind == "backup" and status == jobs.COMPLETED:
             self._mirror(row.tenant, result.get("packs") or [])
+        if isinstance(row, Backup) and row.clear and row.clear_status == "waiting":
+            if status == jobs.COMPLETED:
+                row.clear = {**row.clear, "status": "queued"}
+                row.clear_status = "queued"
+                outbox.enqueue(self.db, outbox.INTERNAL, "clear_queued", {"backup_id": row.id})
+                self.db.commit()
+                self._flush()
+            else:
+                self._set_clear(
+                    row,
+                    "skipped",
+                    error={
+                        "code": "safety_backup_failed",
+                        "message": f"the safety backup ended {status}: nothing was cleared",
+                        "details": {},
+                    },
+                )
         self.audit.record(
             f"{kind}.run",
             resource={"type": kind, "id": job_id},

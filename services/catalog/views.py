@@ -48,6 +48,7 @@ def backup_view(row: Backup) -> dict[str, Any]:
         "error": row.error,
         "note": row.note,
         "group_id": row.group_id,
+        "clear": row.clear,
         "parent_id": row.parent_id,
         "verification": {"status": row.verify_status, **(row.verification or {})}
         if row.verify_status

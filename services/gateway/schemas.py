@@ -78,6 +78,21 @@ class SourcePatch(Strict):
     )
 
 
+class ClearRequest(Strict):
+    tables = fields.List(
+        fields.String(validate=validate.Length(min=1, max=128)),
+        required=True,
+        validate=validate.Length(min=1, max=500),
+    )
+    keep = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(),
+        load_default=dict,
+        metadata={"description": 'per table, the rows to keep, e.g. {"users": "role = \'admin\'"}'},
+    )
+    confirm = fields.String(required=True, metadata={"description": "the source's name"})
+
+
 class SourceOut(Schema):
     id = fields.String()
     name = fields.String()
@@ -174,6 +189,7 @@ class BackupOut(Schema):
     error = fields.Nested(ErrorBody, allow_none=True)
     note = fields.String(allow_none=True)
     group_id = fields.String(allow_none=True)
+    clear = fields.Dict(allow_none=True)
     parent_id = fields.String(allow_none=True)
     verification = fields.Nested(Verification, allow_none=True)
     attempts = fields.Integer()

@@ -19,7 +19,7 @@ from services.gateway.api import ApiMixin, Call, api, json_response
 from services.gateway.openapi import build_spec
 from shared.config import Settings
 from shared.dependencies import SettingsProvider
-from shared.errors import InvalidState
+from shared.errors import InvalidState, NotFound, Unsupported, ValidationFailed
 from shared.messaging import AuditTrail
 from shared.repository import Repository, open_repository
 from shared.sources.base import REDACTED
@@ -30,6 +30,7 @@ WRITE = ("admin", "operator")
 READ = ("admin", "operator", "viewer")
 AUDIT = ("admin", "auditor")
 HEALTH_TIMEOUT = 3.0
+EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
 def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
@@ -218,6 +219,40 @@ class GatewayService(ApiMixin):
         return self.catalog_rpc.get_source(call.p, source_id)
 
     @api(
+        "GET",
+        "/api/v1/sources/<source_id>/stats",
+        summary="Live statistics of a source (row counts, file count and bytes, objects)",
+        action="source.stats",
+        roles=READ,
+        errors=(404, 422),
+    )
+    def source_stats(self, call: Call, source_id: str) -> Any:
+        source = self.catalog_rpc.source_config(call.p, source_id)
+        stats = self.backup_rpc.source_stats(source["driver"], source["config"])
+        return {"source": source["id"], "name": source["name"], "driver": source["driver"], **stats}
+
+    @api(
+        "POST",
+        "/api/v1/sources/<source_id>/clear",
+        summary="Clear tables of a database source, after a safety backup",
+        action="source.clear_request",
+        roles=ADMIN,
+        body=s.ClearRequest,
+        response=s.BackupOut,
+        status=202,
+        audit_success=True,
+        errors=(404, 422),
+    )
+    def clear_tables(self, call: Call, source_id: str) -> Any:
+        backup = self.backup_rpc.request_clear(
+            call.p,
+            {**call.body, "source": source_id, "requested_by": call.who.name or call.who.id},
+        )
+        call.tenant = backup["tenant"]
+        call.audit_details = {"tables": call.body["tables"], "safety_backup": backup["id"]}
+        return backup
+
+    @api(
         "PATCH",
         "/api/v1/sources/<source_id>",
         summary="Change a source",
@@ -324,28 +359,15 @@ class GatewayService(ApiMixin):
         errors=(404, 409),
     )
     def download_backup(self, call: Call, backup_id: str) -> Any:
-        backup = self.catalog_rpc.get_backup(call.p, backup_id)
-        call.tenant = backup["tenant"]
-        if backup["status"] != "completed":
-            raise InvalidState(
-                f"backup {backup_id} is {backup['status']}; "
-                "only completed backups can be downloaded",
-                {"status": backup["status"]},
-            )
+        """A tar of the backup; a logical database backup comes as a zip of CSV tables."""
+        backup = self._completed(call, backup_id)
+        driver = get_driver(backup["driver"])
+        name = f"coffer-{backup['source']}-{backup_id}"
+        if hasattr(driver, "export_zip"):
+            reader = self.repository().reader(backup["tenant"], backup_id)
+            return self._stream(driver.export_zip(reader), "application/zip", f"{name}.zip", reader)
         stream = self.repository().export_tar(backup["tenant"], backup_id)
-        first = next(stream, b"")  # fail here, as JSON, if the store cannot be read
-
-        def body() -> Any:
-            yield first
-            yield from stream
-
-        filename = f"coffer-{backup['source']}-{backup_id}.tar"
-        return Response(
-            body(),
-            mimetype="application/x-tar",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-            direct_passthrough=True,
-        )
+        return self._stream(stream, "application/x-tar", f"{name}.tar")
 
     @api(
         "POST",
@@ -378,6 +400,96 @@ class GatewayService(ApiMixin):
     def request_gc(self, call: Call) -> Any:
         call.tenant = call.body.get("tenant")
         return self.catalog_rpc.request_gc(call.body.get("tenant"))
+
+    def _logical(self, call: Call, backup_id: str, operation: str) -> tuple[Any, Any]:
+        """The completed backup and its driver, which must offer ``operation``."""
+        backup = self._completed(call, backup_id)
+        driver = get_driver(backup["driver"])
+        if not hasattr(driver, operation):
+            raise Unsupported(
+                f"{backup['driver']} backups have no tables", {"driver": backup["driver"]}
+            )
+        return backup, driver
+
+    def _completed(self, call: Call, backup_id: str) -> dict[str, Any]:
+        backup: dict[str, Any] = self.catalog_rpc.get_backup(call.p, backup_id)
+        call.tenant = backup["tenant"]
+        if backup["status"] != "completed":
+            raise InvalidState(
+                f"backup {backup_id} is {backup['status']}; only a completed backup can be read",
+                {"status": backup["status"]},
+            )
+        return backup
+
+    @api(
+        "GET",
+        "/api/v1/backups/<backup_id>/tables",
+        summary="The tables of a database backup, with row counts",
+        action="backup.tables",
+        roles=READ,
+        errors=(404, 409),
+    )
+    def list_tables(self, call: Call, backup_id: str) -> Any:
+        backup, driver = self._logical(call, backup_id, "list_tables")
+        with self.repository().reader(backup["tenant"], backup_id) as reader:
+            return {"items": driver.list_tables(reader)}
+
+    @api(
+        "GET",
+        "/api/v1/backups/<backup_id>/tables/<table_file>",
+        summary="Export one table of a database backup as CSV (UTF-8, BOM) or JSON Lines",
+        action="backup.export",
+        roles=WRITE,
+        audit_success=True,
+        errors=(404, 409),
+    )
+    def export_table(self, call: Call, backup_id: str, table_file: str) -> Any:
+        table, _, fmt = table_file.rpartition(".")
+        if fmt not in EXPORT_TYPES or not table:
+            raise ValidationFailed(
+                "name the table as <table>.csv or <table>.jsonl", {"table": [table_file]}
+            )
+        backup, driver = self._logical(call, backup_id, "export_table")
+        names = self._table_names(backup, driver)
+        if table not in names:
+            raise NotFound(f"backup {backup_id} has no table {table!r}", {"table": table})
+        call.audit_details = {"table": table, "format": fmt}
+        reader = self.repository().reader(backup["tenant"], backup_id)
+        return self._stream(
+            driver.export_table(reader, table, fmt),
+            EXPORT_TYPES[fmt],
+            f"{backup['source']}-{table}.{fmt}",
+            reader,
+        )
+
+    def _table_names(self, backup: dict[str, Any], driver: Any) -> set[str]:
+        with self.repository().reader(backup["tenant"], backup["id"]) as reader:
+            return {t["name"] for t in driver.list_tables(reader)}
+
+    @staticmethod
+    def _stream(chunks: Any, mimetype: str, filename: str, reader: Any = None) -> Response:
+        """Stream ``chunks``; the first is read now so that a failure still answers JSON."""
+        try:
+            first = next(chunks, b"")
+        except BaseException:
+            if reader is not None:
+                reader.close()
+            raise
+
+        def body() -> Any:
+            try:
+                yield first
+                yield from chunks
+            finally:
+                if reader is not None:
+                    reader.close()
+
+        return Response(
+            body(),
+            mimetype=mimetype,
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            direct_passthrough=True,
+        )
 
     @api(
         "DELETE",

@@ -80,6 +80,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -473,6 +474,12 @@ class _Tool:
 
     stderr is always drained by a thread (a chatty tool must never block on a full
     pipe while we block on its stdin); stdout is captured the same way when asked.
+
+    A tool we feed (``feed=True``) reads its stdin from one end of a socket pair,
+    not from a pipe: writing to a tool that has stopped reading must fail at once
+    with BrokenPipeError. (Under eventlet, where the services and the tests run,
+    a green write to a pipe whose reader has gone retries EPIPE forever; a green
+    socket raises it.) The tools read a socket on stdin like any file.
     """
 
     def __init__(
@@ -480,7 +487,7 @@ class _Tool:
         argv: list[str],
         conn: _Conn,
         *,
-        stdin: int | None = None,
+        feed: bool = False,
         stdout: int | None = None,
         capture_stdout: bool = False,
     ) -> None:
@@ -492,14 +499,29 @@ class _Tool:
                 f"{argv[0]} is not installed where this job runs",
                 {"tool": argv[0], "reason": "not installed"},
             )
-        self.proc = subprocess.Popen(
-            [exe, *argv[1:]],
-            stdin=stdin,
-            stdout=subprocess.PIPE if capture_stdout else stdout,
-            stderr=subprocess.PIPE,
-            env=conn.tool_env(),
-            close_fds=True,
-        )
+        self._stdin: socket.socket | None = None
+        theirs: socket.socket | None = None
+        if feed:
+            self._stdin, theirs = socket.socketpair()
+            # The child's end must block (eventlet makes every socket non-blocking,
+            # and a tool reading EAGAIN gives up).
+            os.set_blocking(theirs.fileno(), True)
+        try:
+            self.proc = subprocess.Popen(
+                [exe, *argv[1:]],
+                stdin=theirs.fileno() if theirs is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_stdout else stdout,
+                stderr=subprocess.PIPE,
+                env=conn.tool_env(),
+                close_fds=True,
+            )
+        except BaseException:
+            if self._stdin is not None:
+                self._stdin.close()
+            raise
+        finally:
+            if theirs is not None:
+                theirs.close()
         self._err = bytearray()
         self._out = bytearray()
         self.killed = False
@@ -524,15 +546,18 @@ class _Tool:
 
     def write(self, data: bytes) -> None:
         """Raises OSError (BrokenPipeError) when the tool has stopped reading."""
-        assert self.proc.stdin is not None
+        if self._stdin is None:
+            raise BrokenPipeError("stdin is closed")
         if data:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
+            self._stdin.sendall(data)
 
     def close_stdin(self) -> None:
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.proc.stdin.close()
+        """End of input for the tool."""
+        if self._stdin is not None:
+            with contextlib.suppress(OSError):
+                self._stdin.shutdown(socket.SHUT_WR)
+            self._stdin.close()
+            self._stdin = None
 
     def wait(self) -> int:
         code = self.proc.wait()
@@ -703,6 +728,8 @@ class _Plan:
     renamed: tuple[str, str] | None = None
     #: Large objects (database-wide, by OID) the restore writes, and those of them
     #: the target already has.
+    #: The script commits (whole-database restores); else the postlude does.
+    script_commits: bool = True
     blobs: list[int] = field(default_factory=list)
     existing_blobs: list[int] = field(default_factory=list)
 
@@ -726,10 +753,20 @@ class _Pipeline:
     """``pg_restore -f -`` into ``psql``, with a prelude and postlude around the script.
 
     A relay thread copies pg_restore's script into psql, so that nothing reaches
-    psql that we did not decide to send: the postlude (and, for renames, the
-    ``COMMIT``) follow only once pg_restore has succeeded and the backup has been
-    verified. If psql stops (an SQL error), the relay kills pg_restore so that the
-    feeding side notices at once instead of blocking on a full pipe.
+    psql that we did not decide to send: the postlude and its ``COMMIT`` follow only
+    once pg_restore has succeeded and the backup has been verified. If psql stops
+    (an SQL error), the relay kills pg_restore so that the feeding side notices at
+    once instead of blocking on a full pipe.
+
+    Who commits: for a whole-database restore the script itself does
+    (``pg_restore --single-transaction``), because with large objects a script
+    without it carries its own ``BEGIN``/``COMMIT`` around them, which would end
+    our transaction early. That is safe: a whole restore needs every byte of the
+    dump, so pg_restore cannot reach its ``COMMIT`` before the held-back tail is
+    released. A selective restore (some schemas, or a renamed one) skips data at the
+    end of the dump, so pg_restore may finish early: there the script has no
+    transaction control (large objects are not restored) and the postlude commits,
+    after verification.
     """
 
     def __init__(self, conn: _Conn, plan: _Plan) -> None:
@@ -738,6 +775,8 @@ class _Pipeline:
         self.finished = False
         self.relay_error: BaseException | None = None
         self.psql_gone = False
+        #: pg_restore has finished (successfully) before the end of its input.
+        self.input_done = False
         fd, self.list_path = tempfile.mkstemp(prefix="coffer-toc-", suffix=".list")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(plan.list_file())
@@ -749,7 +788,7 @@ class _Pipeline:
         self.psql = _Tool(
             ["psql", "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-f", "-"],
             self.conn,
-            stdin=subprocess.PIPE,
+            feed=True,
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -757,11 +796,9 @@ class _Pipeline:
         except OSError:
             raise self.failure() from None
         argv = ["pg_restore", "-f", "-", "-L", self.list_path, "--no-owner", "--no-privileges"]
-        if not self.plan.postlude:
-            # The script then commits itself, after its last statement; with a
-            # postlude we send the COMMIT (after it).
+        if self.plan.script_commits:
             argv.append("--single-transaction")
-        self.restore = _Tool(argv, self.conn, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.restore = _Tool(argv, self.conn, feed=True, stdout=subprocess.PIPE)
         self.relay = threading.Thread(target=self._relay, name="pg_restore-relay", daemon=True)
         self.relay.start()
 
@@ -786,16 +823,25 @@ class _Pipeline:
                 self.restore.kill()
 
     def write(self, data: bytes) -> None:
+        """Feed pg_restore; raises the pipeline's failure if it broke."""
         assert self.restore is not None
-        self.restore.write(data)
+        if self.input_done:
+            return
+        try:
+            self.restore.write(data)
+        except OSError:
+            # pg_restore stopped reading: done early (a selective restore needs
+            # nothing after its last entry), or failed.
+            code = self.restore.proc.wait()
+            if code == 0 and not self.psql_gone and not self.plan.script_commits:
+                self.input_done = True
+                return
+            raise self.failure() from None
 
     def finish(self, tail: bytes) -> None:
         """Release the held-back tail, wait for pg_restore, send the postlude, commit."""
         assert self.restore is not None and self.psql is not None and self.relay is not None
-        try:
-            self.restore.write(tail)
-        except OSError:
-            raise self.failure() from None
+        self.write(tail)
         self.restore.close_stdin()
         code = self.restore.wait()
         self.relay.join()
@@ -930,10 +976,7 @@ class _Restore:
         held = b""
         for chunk in chunks:
             if held:
-                try:
-                    pipeline.write(held)
-                except OSError:
-                    raise pipeline.failure() from None
+                pipeline.write(held)
                 self._count(held)
             held = chunk
         return held
@@ -944,7 +987,7 @@ class _Restore:
         Returns what was read (to be replayed to the real restore) and the listing.
         """
         lister = _Tool(
-            ["pg_restore", "--list"], self.conn, stdin=subprocess.PIPE, capture_stdout=True
+            ["pg_restore", "--list"], self.conn, feed=True, capture_stdout=True
         )
         head: list[bytes] = []
         size = 0
@@ -1129,7 +1172,6 @@ class _Restore:
             postlude.append(f"ALTER SCHEMA {_ident(source)} RENAME TO {_ident(dest)};")
             if source in target.schemas:
                 postlude.append(f"ALTER SCHEMA {_ident(hold)} RENAME TO {_ident(source)};")
-            postlude.append("COMMIT;")
             present = {source: target.schemas[dest]} if dest in target.schemas else {}
             scope = {source}
         restored = set(plan.schemas)
@@ -1158,6 +1200,9 @@ class _Restore:
                     plan.keep[i] = False
         for name in sorted(restored - created - set(present)):
             prelude.append(f"CREATE SCHEMA {_ident(name)};")
+        plan.script_commits = plan.whole
+        if not plan.script_commits:
+            postlude.append("COMMIT;")
         plan.prelude = prelude
         plan.postlude = postlude
 

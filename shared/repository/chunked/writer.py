@@ -19,7 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shared.errors import CofferError, IntegrityError, UnsafePath
-from shared.repository.base import ENTRY_TYPES, BackupSummary, BackupWriter, Entry
+from shared.repository.base import (
+    ENTRY_TYPES,
+    UNKNOWN_SIZE,
+    BackupSummary,
+    BackupWriter,
+    Entry,
+)
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import seal_meta
 from shared.repository.chunked.chunking import Chunker, StreamCutter
@@ -230,7 +236,8 @@ class ChunkedWriter(BackupWriter):
             value = getattr(entry, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"entry {entry.path!r}: {name} must be an integer")
-        if entry.size < 0 or entry.mode < 0:
+        unknown = entry.size == UNKNOWN_SIZE and entry.type == "file"
+        if (entry.size < 0 and not unknown) or entry.mode < 0:
             raise ValueError(f"entry {entry.path!r}: negative size or mode")
         if entry.type == "symlink" and (not isinstance(entry.target, str) or not entry.target):
             raise ValueError(f"symlink {entry.path!r} has no target")
@@ -261,7 +268,8 @@ class ChunkedWriter(BackupWriter):
             else:
                 refs = self._store_content(content, entry.size)
                 size = sum(raw for _, raw in refs)
-                changed = size != entry.size
+                # A stream of unknown length (a dump) is as long as what was read.
+                changed = entry.size != UNKNOWN_SIZE and size != entry.size
         record: dict[str, Any] = {
             "path": entry.path,
             "type": entry.type,

@@ -1034,3 +1034,20 @@ def test_a_failing_upload_fails_the_backup_cleanly(tmp_path: Any) -> None:
     assert list(repo.backups()) == []
     assert list(store.list(fmt.locks_prefix("acme"))) == []
     assert threading.active_count() < 20
+
+
+def test_a_stream_of_unknown_length_is_stored_as_read(repo: ChunkedRepository) -> None:
+    """A dump's length is known only at its end: not a 'changed' file."""
+    from shared.repository.base import UNKNOWN_SIZE
+
+    payload = os.urandom(3_000_000)
+    with repo.writer("acme", "dump") as writer:
+        writer.add(Entry(path="dump.bin", size=UNKNOWN_SIZE), io.BytesIO(payload))
+        summary = writer.commit({})
+    assert summary.manifest["changed"] == []
+    assert summary.logical_bytes == len(payload)
+    with repo.reader("acme", "dump") as reader:
+        [(entry, content)] = list((e, c.read() if c else None) for e, c in reader)
+    assert entry.size == len(payload) and content == payload
+    with repo.writer("acme", "bad") as writer, pytest.raises(ValueError):
+        writer.add(Entry(path="d", type="dir", size=UNKNOWN_SIZE))

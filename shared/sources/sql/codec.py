@@ -691,8 +691,14 @@ def to_bind(v: Any, dst: TypeDesc, dialect: str) -> Any:
             raise Unconvertible("MySQL/MariaDB has no array type")
         return v
     # sqlite
+    if isinstance(v, float) and math.isnan(v):
+        raise Unconvertible("SQLite stores NaN as NULL")
     if isinstance(v, bool):
         return int(v)
+    if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
+        if kind in (STRING, TEXT, ANY):
+            return str(v)
+        raise Unconvertible(f"{v} does not fit SQLite's 64-bit integers")
     if isinstance(v, Decimal):
         return sqlite_number(v, kind)
     if isinstance(v, datetime):

@@ -100,11 +100,11 @@ class SqlDriver(SourceDriver):
         _check_mode(options.mode)
         cfg = self._config(target)
         parsed = parse_url(cfg.url)
-        if (
-            dialect_name(parsed) == "sqlite"
-            and options.mode == "dry-run"
-            and not restore._sqlite_exists(parsed)
-        ):
+        if dialect_name(parsed) == "sqlite" and not restore._sqlite_exists(parsed):
+            # Nothing to inspect yet; never create the file here. (A write mode checks
+            # that its directory exists: the restore creates the file.)
+            if options.mode != "dry-run":
+                open_engine(cfg.url, write=True).dispose()
             return
         engine = open_engine(cfg.url, write=options.mode != "dry-run")
         try:

@@ -85,13 +85,23 @@ def _table_entries(
 
 
 def export_table(reader: BackupReader, table: str, fmt: str) -> Iterator[bytes]:
-    """One table of a backup as CSV or JSON Lines (see the module docstring)."""
+    """One table of a backup as CSV or JSON Lines (see the module docstring).
+
+    Not a generator itself: a wrong format or table raises here, at the call, before
+    a caller has sent any response headers; the returned iterator then streams."""
     if fmt not in EXPORT_FORMATS:
         raise ValidationFailed(
             f"unknown export format {fmt!r}", {"fmt": [f"must be one of {list(EXPORT_FORMATS)}"]}
         )
     schema, entries = _table_entries(reader)
     definition = _find(schema, table)
+    return _export_table(entries, definition, fmt)
+
+
+def _export_table(
+    entries: Iterator[tuple[Entry, BinaryIO | None]], definition: TableDef, fmt: str
+) -> Iterator[bytes]:
+    table = definition["name"]
     for entry, content in entries:
         if entry.meta.get("table") == table and content is not None:
             if fmt == "csv":
@@ -157,10 +167,11 @@ class _Sink(io.RawIOBase):
     def take(self) -> bytes:
         data = b"".join(self._parts)
         self._parts.clear()
+        self._size = 0
         return data
 
     def pending(self) -> int:
-        return sum(len(p) for p in self._parts)
+        return self._size
 
 
 def _zip_name(table: str, used: set[str]) -> str:
@@ -175,8 +186,17 @@ def _zip_name(table: str, used: set[str]) -> str:
 
 
 def export_zip(reader: BackupReader) -> Iterator[bytes]:
-    """A zip with one CSV per table (``<table>.csv``), streamed."""
+    """A zip with one CSV per table (``<table>.csv``), streamed.
+
+    ``schema.json`` is read at the call (a backup that is not an sql backup raises
+    here); the returned iterator streams the archive."""
     schema, entries = _table_entries(reader)
+    return _export_zip(schema, entries)
+
+
+def _export_zip(
+    schema: Schema, entries: Iterator[tuple[Entry, BinaryIO | None]]
+) -> Iterator[bytes]:
     tables = {t["name"]: t for t in schema.get("tables") or []}
     sink = _Sink()
     used: set[str] = set()
@@ -194,8 +214,10 @@ def export_zip(reader: BackupReader) -> Iterator[bytes]:
                     member.write(chunk)
                     if sink.pending() >= CHUNK:
                         yield sink.take()
-            yield sink.take()
-    yield sink.take()
+            if sink.pending():
+                yield sink.take()
+    if sink.pending():
+        yield sink.take()
 
 
 def _zip_time(schema: Schema) -> tuple[int, int, int, int, int, int]:

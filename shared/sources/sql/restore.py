@@ -61,7 +61,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from shared.errors import Conflict, IntegrityError, InvalidSourceConfig, SourceUnavailable
 from shared.repository import BackupReader, Entry
@@ -248,7 +248,7 @@ class Restorer:
         selection, restore_filters = self._selection(schema)
         self.progress.set_total(items_total=sum(int(t.get("rows") or 0) for t in selection))
         if self.dry_run and self.dialect == "sqlite" and not _sqlite_exists(self.url):
-            self._plan(None, schema, selection, restore_filters)
+            self._plan(None, selection, restore_filters)
             self._stream(None, entries)
             return self._report()
         engine = open_engine(self.target.url, write=not self.dry_run)
@@ -257,12 +257,12 @@ class Restorer:
                 if self.dry_run:
                     self._guard(lambda: session_setup(conn, read_only=True))
                     try:
-                        self._plan(conn, schema, selection, restore_filters)
+                        self._plan(conn, selection, restore_filters)
                         self._stream(conn, entries)
                     finally:
                         conn.rollback()
                     return self._report()
-                self._write(engine, conn, schema, selection, restore_filters, entries)
+                self._write(conn, selection, restore_filters, entries)
         finally:
             for plan in self.plans:
                 if plan.spool is not None:
@@ -272,9 +272,7 @@ class Restorer:
 
     def _write(
         self,
-        engine: Engine,
         conn: Connection,
-        schema: Schema,
         selection: list[TableDef],
         restore_filters: dict[str, RowFilter],
         entries: Iterator[tuple[Entry, BinaryIO | None]],
@@ -283,13 +281,13 @@ class Restorer:
         if ddl_in_transaction:
             self._guard(lambda: session_setup(conn, read_only=False))
         try:
-            self._plan(conn, schema, selection, restore_filters)
+            self._plan(conn, selection, restore_filters)
             if not ddl_in_transaction:
                 conn.commit()  # end reflection's implicit transaction
-                self._create(conn, schema)
+                self._create(conn)
                 self._guard(lambda: session_setup(conn, read_only=False))
             else:
-                self._create(conn, schema)
+                self._create(conn)
             if self.mode == "replace":
                 self._delete(conn)
             self._stream(conn, entries)
@@ -372,7 +370,6 @@ class Restorer:
     def _plan(
         self,
         conn: Connection | None,
-        schema: Schema,
         selection: list[TableDef],
         restore_filters: dict[str, RowFilter],
     ) -> None:
@@ -416,7 +413,7 @@ class Restorer:
                 plan.src = src
                 self.plans.append(plan)
         if self.dialect == "postgresql":
-            self._plan_enums(schema, target_enums, problems)
+            self._plan_enums(target_enums, problems)
         self._plan_cycles()
         problems.raise_if_any(self.shown)
 
@@ -517,17 +514,12 @@ class Restorer:
         dst: dict[str, codec.TypeDesc] = {}
         columns: list[str] = []
         failed = False
-        for col in table["columns"]:
+        for col in table["columns"]:  # every unrepresentable column, not just the first
             try:
-                created = target_type(name, col, self.dialect, self.same, False, [])
+                target_type(name, col, self.dialect, self.same, False, [])
             except Unrepresentable as exc:
                 problems.add(exc.table, exc.column, exc.reason)
                 failed = True
-                continue
-            if col.get("computed") and self.same:
-                continue
-            columns.append(col["name"])
-            dst[col["name"]] = target_desc(col["type"], created, self.dialect)
         if failed:
             return None
         metadata = sa.MetaData() if self.dry_run else self.metadata
@@ -543,6 +535,11 @@ class Restorer:
             return None
         for note in notes:
             self._note(note)
+        for col in table["columns"]:
+            if col.get("computed") and self.same:
+                continue  # created as a generated column: the target computes it
+            columns.append(col["name"])
+            dst[col["name"]] = target_desc(col["type"], create.c[col["name"]].type, self.dialect)
         fks = [
             fk
             for fk in table.get("foreign_keys", [])
@@ -564,9 +561,7 @@ class Restorer:
             counts=self._zero_counts(),
         )
 
-    def _plan_enums(
-        self, schema: Schema, target_enums: dict[str, list[str]], problems: _Problems
-    ) -> None:
+    def _plan_enums(self, target_enums: dict[str, list[str]], problems: _Problems) -> None:
         """PostgreSQL enum types the created tables need: create them, or check labels."""
         needed: dict[str, list[str]] = {}
         for plan in self.plans:
@@ -621,7 +616,7 @@ class Restorer:
 
     # -- DDL
 
-    def _create(self, conn: Connection, schema: Schema) -> None:
+    def _create(self, conn: Connection) -> None:
         tables = [p.create for p in self.plans if p.create is not None]
         if not tables and not self.enums:
             return
@@ -951,8 +946,9 @@ class Restorer:
         compiled = stmt.values(rows).compile(dialect=conn.dialect)
         sql = str(compiled).replace(") VALUES (", ") OVERRIDING SYSTEM VALUE VALUES (", 1)
         params = compiled.params
-        positions = compiled.positiontup or []
-        self._guard(lambda: conn.exec_driver_sql(sql, tuple(params[p] for p in positions)))
+        escaped = compiled.escaped_bind_names  # names with spaces etc. are escaped
+        values = tuple(params[escaped.get(p, p)] for p in compiled.positiontup or [])
+        self._guard(lambda: conn.exec_driver_sql(sql, values))
 
     def _copy(self, conn: Connection, plan: _Plan, rows: list[dict[str, Any]]) -> None:
         """PostgreSQL: plain inserts go through ``COPY .. FROM STDIN`` (an order of

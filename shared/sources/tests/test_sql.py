@@ -743,6 +743,70 @@ def test_mariadb_specific_values_round_trip(databases: Databases) -> None:
     assert any("foreign key" in n and "users" in n for n in report["notes"])
 
 
+# -- awkward schemas -------------------------------------------------------------------------------
+
+ODD_TABLE = "Odd Table/2"
+
+ODD_SCHEMA = {
+    "postgresql": [
+        'CREATE TABLE "Odd Table/2" (id INT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
+        ' "select" INT NOT NULL, "Mixed Case" TEXT, "naïve" TEXT,'
+        ' doubled INT GENERATED ALWAYS AS ("select" * 2) STORED)',
+        'INSERT INTO "Odd Table/2" ("select", "Mixed Case", "naïve") VALUES'
+        " (1, 'x', 'é'), (2, NULL, ''), (3, 'y', NULL)",
+    ],
+    "mariadb": [
+        "CREATE TABLE `Odd Table/2` (id INT AUTO_INCREMENT PRIMARY KEY, `select` INT NOT NULL,"
+        " `Mixed Case` TEXT, `naïve` TEXT, doubled INT AS (`select` * 2) VIRTUAL)",
+        "INSERT INTO `Odd Table/2` (`select`, `Mixed Case`, `naïve`) VALUES"
+        " (1, 'x', 'é'), (2, NULL, ''), (3, 'y', NULL)",
+    ],
+    "sqlite": [
+        'CREATE TABLE "Odd Table/2" (id INTEGER PRIMARY KEY, "select" INT NOT NULL,'
+        ' "Mixed Case" TEXT, "naïve" TEXT, doubled INT GENERATED ALWAYS AS ("select" * 2))',
+        'INSERT INTO "Odd Table/2" ("select", "Mixed Case", "naïve") VALUES'
+        " (1, 'x', 'é'), (2, NULL, ''), (3, 'y', NULL)",
+    ],
+}
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mariadb", "sqlite"])
+def test_odd_names_identity_and_generated_columns(dialect: str, databases: Databases) -> None:
+    """Quoted names everywhere, a name with a slash in an entry path, a GENERATED ALWAYS
+    identity (PostgreSQL: explicit ids need OVERRIDING SYSTEM VALUE) and a generated
+    column the target computes itself."""
+    url = databases.new(dialect)
+    execute(url, *ODD_SCHEMA[dialect])
+    writer, stats = backup(url, filters={ODD_TABLE: '"Mixed Case" IS NOT NULL AND "select" >= 1'})
+    assert stats["tables"] == {ODD_TABLE: 2}
+    entry, _data = writer.entry("tables/Odd%20Table%2F2.jsonl")
+    assert entry.meta["table"] == ODD_TABLE
+    rows = writer.lines("Odd%20Table%2F2")
+    assert [(r["select"], r["doubled"]) for r in rows] == [(1, 2), (3, 6)]
+    full, _ = backup(url)
+    original = snapshot(url)
+    # into the same table (identity ALWAYS on PostgreSQL), over changed rows
+    quote = '"' if dialect != "mariadb" else "`"
+    table = f"{quote}{ODD_TABLE}{quote}"
+    execute(
+        url, f"DELETE FROM {table} WHERE id = 2", f"UPDATE {table} SET {quote}select{quote} = 9"
+    )
+    report = restore(full, url, "replace")
+    assert report["tables"][ODD_TABLE] == {"inserted": 3, "updated": 0, "deleted": 2}
+    assert snapshot(url) == original
+    execute(url, f"DELETE FROM {table} WHERE id = 2")
+    report = restore(full, url, "merge")
+    assert report["tables"][ODD_TABLE] == {"inserted": 1, "updated": 0, "deleted": 0}
+    assert snapshot(url) == original
+    # into a new database: recreated, generated column included
+    target = databases.new(dialect)
+    restore(full, target, "replace")
+    assert snapshot(target) == original
+    execute(target, f"INSERT INTO {table} ({quote}select{quote}) VALUES (5)")
+    assert scalar(target, f"SELECT doubled FROM {table} WHERE {quote}select{quote} = 5") == 10
+    assert scalar(target, f"SELECT id FROM {table} WHERE {quote}select{quote} = 5") == 4
+
+
 # -- exports ----------------------------------------------------------------------------------
 
 

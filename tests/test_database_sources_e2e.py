@@ -1,0 +1,152 @@
+"""Database sources through the platform: a logical `sql` backup of PostgreSQL, its
+tables and CSV export, a restore into SQLite, live statistics, and clearing tables
+after a safety backup."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.fixtures import Platform
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def shop(postgres_database: str) -> str:
+    engine = sa.create_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE users (id int PRIMARY KEY, name text, role text)"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users(id), "
+                "total numeric(12,2), placed timestamptz, note text)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO users VALUES (1, 'Zoë', 'admin'), (2, 'Bob, Jr.', 'user'), "
+                "(3, 'Ann \"A\"', 'user')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO orders VALUES (10, 2, 19.99, '2026-01-02T03:04:05+01:00', "
+                "'line1\nline2'), (11, 3, 0.10, NULL, '')"
+            )
+        )
+    engine.dispose()
+    return postgres_database
+
+
+def counts(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        out = {
+            t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("users", "orders")
+        }
+    engine.dispose()
+    return out
+
+
+def test_logical_backup_export_restore_and_clear(
+    platform: Platform, shop: str, tmp_path: Path
+) -> None:
+    tenant = platform.tenant()
+    operator = platform.token("operator", tenant)
+    resp = operator.post(
+        "/api/v1/sources", json={"name": "shop", "driver": "sql", "config": {"url": shop}}
+    )
+    assert resp.status_code == 201, resp.text
+    source = resp.json()
+    assert source["config"]["url"] == "********"  # the password lives in the url: never shown
+
+    stats = operator.get(f"/api/v1/sources/{source['id']}/stats").json()
+    assert stats["tables"] == {"users": 3, "orders": 2}
+
+    resp = operator.post("/api/v1/backups", json={"source": "shop"})
+    backup = operator.wait_for(f"/api/v1/backups/{resp.json()['id']}")
+    assert backup["status"] == "completed", backup["error"]
+
+    tables = operator.get(f"/api/v1/backups/{backup['id']}/tables").json()["items"]
+    assert {t["name"]: t["rows"] for t in tables} == {"users": 3, "orders": 2}
+    resp = operator.get(f"/api/v1/backups/{backup['id']}/tables/users.csv")
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/csv")
+    assert resp.content.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(resp.content.decode("utf-8-sig"))))
+    assert rows[0] == ["id", "name", "role"]
+    assert ["2", "Bob, Jr.", "user"] in rows and ["3", 'Ann "A"', "user"] in rows
+    assert operator.get(f"/api/v1/backups/{backup['id']}/tables/nope.csv").status_code == 404
+    assert operator.get(f"/api/v1/backups/{backup['id']}/tables/users.xls").status_code == 400
+    resp = operator.get(f"/api/v1/backups/{backup['id']}/download")
+    assert resp.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as archive:
+        assert sorted(n.rsplit("/", 1)[-1] for n in archive.namelist()) == [
+            "orders.csv",
+            "users.csv",
+        ]
+
+    # into another dialect: PostgreSQL -> SQLite
+    target = {"url": f"sqlite:///{tmp_path}/copy.db"}
+    resp = operator.post(
+        "/api/v1/restores", json={"backup_id": backup["id"], "target": target, "mode": "merge"}
+    )
+    assert resp.status_code == 202, resp.text
+    restored = operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")
+    assert restored["status"] == "completed", restored
+    assert counts(target["url"]) == {"users": 3, "orders": 2}
+
+    # clear: admin only, typed confirmation, a safety backup first, keep the admins
+    body = {"tables": ["orders", "users"], "keep": {"users": "role = 'admin'"}, "confirm": "shop"}
+    assert operator.post(f"/api/v1/sources/{source['id']}/clear", json=body).status_code == 403
+    resp = platform.admin.post(
+        f"/api/v1/sources/{source['id']}/clear", json={**body, "confirm": "nope"}
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "confirmation_required"
+    resp = platform.admin.post(f"/api/v1/sources/{source['id']}/clear", json=body)
+    assert resp.status_code == 202, resp.text
+    safety = resp.json()
+    assert safety["clear"]["status"] == "waiting"
+    cleared = wait_for_clear(platform, safety["id"])
+    assert cleared["status"] == "completed", cleared
+    assert cleared["report"]["deleted"] == {"orders": 2, "users": 2}
+    assert counts(shop) == {"users": 1, "orders": 0}
+    assert operator.get(f"/api/v1/backups/{safety['id']}").json()["status"] == "completed"
+
+    # the safety backup restores what was cleared
+    resp = operator.post(
+        "/api/v1/restores",
+        json={"backup_id": safety["id"], "mode": "replace", "confirm": "shop"},
+    )
+    assert operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")["status"] == "completed"
+    assert counts(shop) == {"users": 3, "orders": 2}
+
+    # a table that does not exist: nothing deleted, the failure is reported and audited
+    resp = platform.admin.post(
+        f"/api/v1/sources/{source['id']}/clear", json={**body, "tables": ["ghosts"], "keep": {}}
+    )
+    failed = wait_for_clear(platform, resp.json()["id"])
+    assert failed["status"] == "failed" and "ghosts" in failed["error"]["message"]
+    assert counts(shop) == {"users": 3, "orders": 2}
+    audit = platform.admin.get(
+        "/api/v1/audit", params={"action": "source.clear", "tenant": tenant}
+    ).json()["items"]
+    assert sorted(r["outcome"] for r in audit) == ["failure", "success"]
+
+
+def wait_for_clear(platform: Platform, backup_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        clear = platform.admin.get(f"/api/v1/backups/{backup_id}").json()["clear"]
+        if clear["status"] in ("completed", "failed", "skipped"):
+            return dict(clear)
+        assert time.monotonic() < deadline, clear
+        time.sleep(0.1)
