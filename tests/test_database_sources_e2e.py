@@ -150,3 +150,31 @@ def wait_for_clear(platform: Platform, backup_id: str) -> dict[str, Any]:
             return dict(clear)
         assert time.monotonic() < deadline, clear
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("config", "status", "code"),
+    [
+        ({"url": "postgresql+pg8000://nobody@127.0.0.1:5432/postgres"}, 422, "source_unavailable"),
+        ({"url": "postgresql+pg8000://postgres@127.0.0.1:1/postgres"}, 422, "source_unavailable"),
+        ({"url": "not a url"}, 400, "invalid_source_config"),
+        ({"url": "SHOP", "tables": ["ghosts"]}, 400, "invalid_source_config"),
+        ({"url": "SHOP", "filters": {"users": "colour = 'red'"}}, 400, "invalid_source_config"),
+        (
+            {"url": "SHOP", "filters": {"users": "1=1; DROP TABLE users"}},
+            400,
+            "invalid_source_config",
+        ),
+    ],
+)
+def test_bad_database_sources_are_refused(
+    platform: Platform, shop: str, config: dict[str, Any], status: int, code: str
+) -> None:
+    operator = platform.token("operator", platform.tenant())
+    config = {k: (shop if v == "SHOP" else v) for k, v in config.items()}
+    resp = operator.post("/api/v1/sources", json={"name": "db", "driver": "sql", "config": config})
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == code
+    assert "password" not in error["message"].lower() or "***" in error["message"]
+    assert counts(shop) == {"users": 3, "orders": 2}
