@@ -79,6 +79,33 @@ class Vhost:
         )
 
 
+class PostgresDatabase:
+    """A fresh catalog database on a PostgreSQL server (``--catalog-db``); dropped by
+    :meth:`drop`. The URL names the server's admin database, e.g.
+    ``postgresql+pg8000://postgres@127.0.0.1:5432/postgres``."""
+
+    def __init__(self, admin_url: str) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        self.admin_url = admin_url
+        self.name = f"coffer_bench_{uuid.uuid4().hex[:12]}"
+        self._execute(f'CREATE DATABASE "{self.name}"')
+        url = sa.engine.make_url(admin_url).set(database=self.name)
+        self.url = url.render_as_string(hide_password=False)
+
+    def _execute(self, statement: str) -> None:
+        engine = self._sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(self._sa.text(statement))
+        finally:
+            engine.dispose()
+
+    def drop(self) -> None:
+        self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
 @dataclass
 class JobResult:
     seconds: float
@@ -91,9 +118,17 @@ class Platform:
     """Start with :meth:`start`, always end with :meth:`close` (safe after any failure)."""
 
     def __init__(
-        self, home: Path, store_url: str, rabbit_api: str, amqp: str, code: Path = ROOT
+        self,
+        home: Path,
+        store_url: str,
+        rabbit_api: str,
+        amqp: str,
+        code: Path = ROOT,
+        catalog_db: str | None = None,
     ) -> None:
         self.home = home
+        self.catalog_db = catalog_db  # None: the embedded SQLite catalog
+        self.database: PostgresDatabase | None = None
         self.code = code  # the tree whose scripts/run_platform.py and services run
         self.store_url = store_url
         self.rabbit_api = rabbit_api
@@ -120,6 +155,8 @@ class Platform:
             "COFFER_HTTP_ADDRESS": address,
             "PYTHONUNBUFFERED": "1",
         }
+        if self.catalog_db:
+            self.database = PostgresDatabase(self.catalog_db)
         for key in (
             "COFFER_ADMIN_TOKEN",
             "COFFER_DATABASE_URL",
@@ -128,6 +165,8 @@ class Platform:
             "COFFER_MASTER_KEY_FILE",
         ):
             env.pop(key, None)
+        if self.database is not None:
+            env["COFFER_DATABASE_URL"] = self.database.url
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(self.code / "scripts" / "run_platform.py")],
@@ -186,6 +225,11 @@ class Platform:
             if line and cmdline(pid) == line:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        if self.database is not None:
+            try:
+                self.database.drop()
+            except Exception as exc:
+                print(f"  warning: could not drop database {self.database.name}: {exc}")
         if self.vhost is not None:
             try:
                 self.vhost.delete()

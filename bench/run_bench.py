@@ -6,8 +6,9 @@ changed, (d) a restore into an empty directory, checked byte for byte. It prints
 side-by-side table and writes every figure as JSON. docs/benchmarks.md says how each
 figure is measured.
 
-    .venv/bin/python -m bench.run_bench [--quick] [--scale N] [--data DIR]
-        [--stores file,s3] [--tools coffer,restic] [--rss-sizes 1,0.5] [--keep]
+    .venv/bin/python -m bench.run_bench [--quick] [--scale N] [--data DIR] [--rev REV]
+        [--stores file,s3] [--tools coffer,restic] [--rss-sizes 1,0.5]
+        [--catalog-db ADMIN_URL] [--keep]
 """
 
 from __future__ import annotations
@@ -180,7 +181,14 @@ class Bench:
         """Fills and returns ``into`` as it goes (an interrupted run keeps what it did)."""
         run = into if into is not None else {}
         run.update(steps=[], error=None, store_url=url.split("@")[-1])
-        plat = Platform(where / "home", url, self.args.rabbit_api, self.args.amqp, self.code)
+        plat = Platform(
+            where / "home",
+            url,
+            self.args.rabbit_api,
+            self.args.amqp,
+            self.code,
+            self.args.catalog_db,
+        )
         run["platform_log"] = str(plat.log_path)
         change: Change | None = None
         try:
@@ -440,6 +448,9 @@ class Bench:
         self.results["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         self.results["git"] = git_state()
         self.results["machine"] = machine_info(args.rabbit_api)
+        self.results["catalog"] = (
+            "PostgreSQL (--catalog-db)" if args.catalog_db else "SQLite (the embedded default)"
+        )
         if "restic" in args.tools:
             self.restic = ensure_installed(log)
             self.results["machine"]["restic"] = restic_version(self.restic)
@@ -511,6 +522,7 @@ class Bench:
             f"{m.get('nproc')} CPUs, {m.get('memory_bytes', 0) / 2**30:.1f} GiB, "
             f"Python {m.get('python')}"
         )
+        out.append(f"Coffer catalog database: {r.get('catalog')}")
         d = r.get("dataset")
         if d:
             out.append(f"data: {d['bytes'] / MB:,.1f} MB logical in {d['files']:,} files")
@@ -591,6 +603,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path(tempfile.gettempdir()) / "coffer-bench-results",
         help="where the JSON results go",
+    )
+    parser.add_argument(
+        "--catalog-db",
+        metavar="ADMIN_URL",
+        help="catalog on PostgreSQL instead of the embedded SQLite: a fresh database per "
+        "platform run on this server (postgresql+pg8000://postgres@127.0.0.1:5432/postgres)",
     )
     parser.add_argument(
         "--rev",

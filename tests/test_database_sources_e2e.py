@@ -178,3 +178,90 @@ def test_bad_database_sources_are_refused(
     assert error["code"] == code
     assert "password" not in error["message"].lower() or "***" in error["message"]
     assert counts(shop) == {"users": 3, "orders": 2}
+
+
+def test_native_postgres_backup_restores_into_another_database(
+    platform: Platform, shop: str, postgres_admin_url: str
+) -> None:
+    import uuid
+
+    from tests.fixtures import _pg_execute
+
+    operator = platform.token("operator", platform.tenant())
+    resp = operator.post(
+        "/api/v1/sources", json={"name": "pg", "driver": "postgres", "config": {"url": shop}}
+    )
+    assert resp.status_code == 201, resp.text
+    resp = operator.post("/api/v1/backups", json={"source": "pg"})
+    backup = operator.wait_for(f"/api/v1/backups/{resp.json()['id']}")
+    assert backup["status"] == "completed", backup["error"]
+    assert backup["size"]["logical"] > 0
+
+    name = f"coffer_copy_{uuid.uuid4().hex[:10]}"
+    _pg_execute(postgres_admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        copy = sa.engine.make_url(shop).set(database=name).render_as_string(hide_password=False)
+        resp = operator.post(
+            "/api/v1/restores",
+            json={"backup_id": backup["id"], "target": {"url": copy}, "mode": "merge"},
+        )
+        assert resp.status_code == 202, resp.text
+        done = operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")
+        assert done["status"] == "completed", done["error"]
+        assert counts(copy) == {"users": 3, "orders": 2}
+    finally:
+        _pg_execute(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_bucket_backup_restores_into_another_bucket(platform: Platform, s3_endpoint: str) -> None:
+    import uuid
+
+    from minio import Minio
+
+    client = Minio(s3_endpoint, access_key="testing", secret_key="testing", secure=False)
+    source_bucket, copy_bucket = f"src-{uuid.uuid4().hex[:8]}", f"dst-{uuid.uuid4().hex[:8]}"
+    client.make_bucket(source_bucket)
+    objects = {"a.txt": b"alpha", "deep/b.bin": bytes(range(256)) * 100}
+    for key, data in objects.items():
+        client.put_object(
+            source_bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type="text/plain",
+            metadata={"x-amz-meta-owner": "billing"},
+        )
+    config = {
+        "endpoint": s3_endpoint,
+        "bucket": source_bucket,
+        "access_key": "testing",
+        "secret_key": "testing",
+        "secure": False,
+    }
+    operator = platform.token("operator", platform.tenant())
+    resp = operator.post(
+        "/api/v1/sources", json={"name": "bucket", "driver": "s3", "config": config}
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["config"]["secret_key"] == "********"
+    stats = operator.get(f"/api/v1/sources/{resp.json()['id']}/stats").json()
+    assert stats["objects"] == 2
+    resp = operator.post("/api/v1/backups", json={"source": "bucket"})
+    backup = operator.wait_for(f"/api/v1/backups/{resp.json()['id']}")
+    assert backup["status"] == "completed", backup["error"]
+
+    target = {**config, "bucket": copy_bucket}
+    resp = operator.post(
+        "/api/v1/restores", json={"backup_id": backup["id"], "target": target, "mode": "merge"}
+    )
+    assert resp.status_code == 202, resp.text
+    done = operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")
+    assert done["status"] == "completed", done["error"]
+    for key, data in objects.items():
+        response = client.get_object(copy_bucket, key)
+        try:
+            assert response.read() == data
+            assert response.headers["Content-Type"] == "text/plain"
+        finally:
+            response.close()
+            response.release_conn()

@@ -104,6 +104,7 @@ from shared.errors import (
     InvalidSourceConfig,
     SourceUnavailable,
     TargetNotEmpty,
+    Unsupported,
     ValidationFailed,
 )
 from shared.repository import BackupReader, BackupWriter, Entry
@@ -466,6 +467,17 @@ def _inventory(conn: sa.Connection, schemas: Iterable[str] | None) -> _Inventory
     return _Inventory(version, infos, relations)
 
 
+def _existing_blobs(conn: sa.Connection, oids: list[int]) -> list[int]:
+    found = conn.execute(
+        sa.text(
+            "SELECT oid::bigint FROM pg_catalog.pg_largeobject_metadata "
+            "WHERE oid::bigint = ANY(:oids) ORDER BY 1"
+        ),
+        {"oids": oids},
+    ).scalars()
+    return [int(oid) for oid in found]
+
+
 # -- child processes ---------------------------------------------------------------
 
 
@@ -565,11 +577,17 @@ class _Tool:
             thread.join()
         return code
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """SIGKILL, nothing else: safe from another thread than the one feeding it
+        (which then sees BrokenPipeError)."""
         if self.proc.poll() is None:
             self.killed = True
             with contextlib.suppress(OSError):
                 self.proc.kill()
+
+    def kill(self) -> None:
+        """Stop it and collect it (from the thread that feeds it)."""
+        self.stop()
         self.close_stdin()
         self.wait()
 
@@ -688,7 +706,7 @@ def _check_mode(mode: str) -> None:
 
 def _check_include(include: list[str] | None) -> None:
     if include:
-        raise ValidationFailed(
+        raise Unsupported(
             "the postgres driver restores whole schemas: use the target's 'schemas' "
             "instead of 'include'",
             {"include": ["not supported by the postgres driver"]},
@@ -726,10 +744,10 @@ class _Plan:
     postlude: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     renamed: tuple[str, str] | None = None
-    #: Large objects (database-wide, by OID) the restore writes, and those of them
-    #: the target already has.
     #: The script commits (whole-database restores); else the postlude does.
     script_commits: bool = True
+    #: Large objects (database-wide, by OID) the restore writes, and those of them
+    #: the target already has.
     blobs: list[int] = field(default_factory=list)
     existing_blobs: list[int] = field(default_factory=list)
 
@@ -815,12 +833,11 @@ class _Pipeline:
                     self.psql.write(chunk)
                 except OSError:
                     self.psql_gone = True
-                    self.restore.kill()
+                    self.restore.stop()
                     return
         except BaseException as exc:  # pragma: no cover - unexpected; reported by finish
             self.relay_error = exc
-            with contextlib.suppress(Exception):
-                self.restore.kill()
+            self.restore.stop()
 
     def write(self, data: bytes) -> None:
         """Feed pg_restore; raises the pipeline's failure if it broke."""
@@ -986,9 +1003,7 @@ class _Restore:
 
         Returns what was read (to be replayed to the real restore) and the listing.
         """
-        lister = _Tool(
-            ["pg_restore", "--list"], self.conn, feed=True, capture_stdout=True
-        )
+        lister = _Tool(["pg_restore", "--list"], self.conn, feed=True, capture_stdout=True)
         head: list[bytes] = []
         size = 0
         try:
@@ -1072,9 +1087,19 @@ class _Restore:
         ):
             plan.skipped.append("objects outside any schema (extensions, large objects, ...)")
 
+        plan.blobs = sorted(
+            int(e.tag)
+            for e, k in zip(toc, keep, strict=True)
+            if k and e.desc == "BLOB" and e.tag.isdigit()
+        )
         try:
             with self.conn.connect() as db:
-                target = _inventory(db, None)
+                try:
+                    target = _inventory(db, None)
+                    if plan.blobs:
+                        plan.existing_blobs = _existing_blobs(db, plan.blobs)
+                except SQLAlchemyError as exc:
+                    raise self.conn.unavailable(_db_error_text(exc)) from None
         except SourceUnavailable as exc:
             if self.mode != "dry-run":
                 raise
@@ -1083,13 +1108,6 @@ class _Restore:
         plan.reachable = True
         restored = set(mapping.values())
         plan.existing = {rel for rel in target.relations if rel[0] in restored}
-        plan.blobs = sorted(
-            int(e.tag)
-            for e, k in zip(toc, keep, strict=True)
-            if k and e.desc == "BLOB" and e.tag.isdigit()
-        )
-        if plan.blobs:
-            plan.existing_blobs = self._existing_blobs(plan.blobs)
         scope = self._replace_scope(target, mapping, whole)
         dumped = set(relations)
         plan.extras = sorted(
@@ -1099,7 +1117,7 @@ class _Restore:
         if self.mode == "merge" and plan.conflicts:
             conflicts = plan.conflicts
             raise TargetNotEmpty(
-                f"{len(conflicts)} relation(s) of the backup already exist in "
+                f"{len(conflicts)} object(s) of the backup already exist in "
                 f"{self.conn.describe()}: {', '.join(conflicts[:20])}"
                 f"{' ...' if len(conflicts) > 20 else ''}; use mode 'replace', or restore "
                 "into another database or schema",
@@ -1109,20 +1127,6 @@ class _Restore:
         if self.mode != "dry-run":
             self._scripts(plan, target, created, scope)
         return plan
-
-    def _existing_blobs(self, oids: list[int]) -> list[int]:
-        with self.conn.connect() as db:
-            try:
-                found = db.execute(
-                    sa.text(
-                        "SELECT oid::bigint FROM pg_catalog.pg_largeobject_metadata "
-                        "WHERE oid::bigint = ANY(:oids) ORDER BY 1"
-                    ),
-                    {"oids": oids},
-                ).scalars()
-                return [int(oid) for oid in found]
-            except SQLAlchemyError as exc:
-                raise self.conn.unavailable(_db_error_text(exc)) from None
 
     @staticmethod
     def _keeps(entry: _TocEntry, mapping: dict[str, str], whole: bool) -> bool:

@@ -290,6 +290,21 @@ def _precondition_failed(exc: BaseException) -> bool:
     return isinstance(exc, InvalidResponseError) and getattr(exc, "_code", None) == 412
 
 
+def _response_reason(exc: InvalidResponseError) -> str:
+    """An S3 error some servers label text/html (moto does): minio gives up on it,
+    but the body is the usual XML, so its Code and Message are still the reason."""
+    body = str(getattr(exc, "_body", "") or "")
+    status = getattr(exc, "_code", None)
+    code = re.search(r"<Code>(.*?)</Code>", body, re.S)
+    message = re.search(r"<Message>(?:<!\[CDATA\[)?(.*?)(?:\]\]>)?</Message>", body, re.S)
+    if code:
+        text = code.group(1).strip()
+        if message:
+            text += ": " + message.group(1).strip()
+        return f"{text} (HTTP {status})"
+    return f"HTTP {status} from the server"
+
+
 class _Missing(Exception):
     """A key (or the bucket) is not there."""
 
@@ -357,6 +372,8 @@ class _Bucket:
     def unavailable(self, action: str, exc: BaseException) -> SourceUnavailable:
         if isinstance(exc, S3Error):
             reason = f"{exc.code}: {exc.message}"
+        elif isinstance(exc, InvalidResponseError):
+            reason = _response_reason(exc)
         elif isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
             reason = f"cannot reach {self.endpoint}: {exc.reason}"
         else:
@@ -417,7 +434,9 @@ class _Bucket:
             obj = self.call("listing objects", lambda: next(objects, None))
             if obj is None:
                 return
-            if obj.is_dir or obj.object_name is None:
+            # A recursive listing has no common prefixes; a key ending in "/" (a
+            # "folder" marker) is flagged is_dir by minio but is a real object.
+            if obj.object_name is None or (obj.is_dir and obj.etag is None):
                 continue
             yield obj
 
@@ -613,6 +632,8 @@ def _head(bucket: _Bucket, key: str) -> _Head | str:
         )
     except _Missing:
         return "vanished"
+    except ValueError as exc:  # minio refuses "." and ".." key segments
+        return f"not readable through the S3 client: {exc}"
     except SourceUnavailable as exc:
         cause = exc.__cause__
         if isinstance(cause, S3Error) and cause.code == "AccessDenied":
@@ -668,21 +689,25 @@ class _ExactStream:
         want = self._remaining if size is None or size < 0 else min(size, self._remaining)
         data = self._content.read(want)
         if not data:
-            raise IntegrityError(
-                f"{self._key}: the backup holds less content than its size",
-                {"key": self._key},
-            )
+            raise self._mismatch()
         data = data if isinstance(data, bytes) else bytes(data)
         self._remaining -= len(data)
         self.count += len(data)
+        if self._remaining == 0 and self._content.read(1):
+            # Found while the upload still waits for its last bytes: raising here
+            # abandons it, so a wrong object never appears.
+            raise self._mismatch()
         return data
 
+    def _mismatch(self) -> IntegrityError:
+        return IntegrityError(
+            f"{self._key}: content does not match the size in the backup", {"key": self._key}
+        )
+
     def finish(self) -> None:
-        """Everything read, and nothing more there."""
-        if self._remaining > 0 or (self._content is not None and self._content.read(1)):
-            raise IntegrityError(
-                f"{self._key}: content does not match the size in the backup", {"key": self._key}
-            )
+        """Everything was read (minio reads exactly the length it was given)."""
+        if self._remaining > 0:
+            raise self._mismatch()
 
 
 def _drain(content: BinaryIO | None) -> int:
@@ -717,6 +742,7 @@ class _Restore:
             "delete": _Capped(),
         }
         self.bytes_written = 0
+        self.skipped = _Capped()
         self.bucket_created = False
         self.bucket_exists = True
         self._deletes: list[str] = []
@@ -834,8 +860,9 @@ class _Restore:
             self.progress.advance(_drain(content), 1)
             return
         action = "update" if existing is not None else "create"
-        self.counts["created" if action == "create" else "updated"] += 1
+        counter = "created" if action == "create" else "updated"
         if self.dry_run:
+            self.counts[counter] += 1
             self.changes[action].add(relative)
             self.progress.advance(_drain(content), 1)
             return
@@ -861,13 +888,19 @@ class _Restore:
                     num_parallel_uploads=1,
                 ),
             )
-        except ValueError as exc:  # minio refuses the metadata (non-ASCII) or sizes
-            raise ValidationFailed(f"{key}: {exc}", {"key": key}) from exc
+        except ValueError as exc:
+            # minio checks names and metadata before sending anything: a key with a
+            # "." or ".." segment, a non-ASCII metadata value. Skip that object.
+            self.skipped.add({"key": relative, "reason": str(exc)})
+            self.progress.log("warning", f"skipped {relative}: {exc}")
+            self.progress.advance(stream.count + _drain(content), 1)
+            return
         except _Missing:
             raise SourceUnavailable(
                 f"S3 bucket {self.bucket.bucket} vanished during the restore", self.bucket.where()
             ) from None
         stream.finish()
+        self.counts[counter] += 1
         self.bytes_written += stream.count
         self.progress.advance(stream.count, 1)
 
@@ -879,6 +912,8 @@ class _Restore:
             **self.counts,
             "bytes_written": self.bytes_written,
             "bucket_created": self.bucket_created,
+            "skipped": self.skipped.items,
+            "skipped_count": self.skipped.count,
         }
         if self.dry_run:
             report["bucket_exists"] = self.bucket_exists
@@ -910,19 +945,20 @@ class S3BucketDriver(SourceDriver):
 
     @staticmethod
     def _probe(bucket: _Bucket, *, require_bucket: bool) -> bool:
-        if not bucket.bucket_exists(bucket.probe):
-            if require_bucket:
-                raise SourceUnavailable(
-                    f"S3 bucket {bucket.bucket} does not exist at {bucket.endpoint}",
-                    {**bucket.where(), "reason": "no such bucket"},
-                )
-            return False
+        """List (at most a page of) the prefix with the probe client: a GET answers
+        with the precise error (a HEAD carries no body to say why it was refused).
+        Whether the bucket exists."""
 
         def first() -> Any:
             objects = bucket.probe.list_objects(bucket.bucket, prefix=bucket.prefix)
             return next(iter(objects), None)
 
-        bucket.call("listing objects", first)
+        try:
+            bucket.call("listing objects", first)
+        except SourceUnavailable as exc:
+            if exc.details.get("reason") == "no such bucket" and not require_bucket:
+                return False
+            raise
         return True
 
     def stats(self, config: dict[str, Any]) -> dict[str, Any]:
