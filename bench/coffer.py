@@ -256,7 +256,14 @@ class Platform:
             tally.append(f"{method} {path}: {resp.text[:200]}")
             time.sleep(1)
         if resp.status_code >= 400:
-            raise CofferFailed(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+            retried = (
+                f" (after {len(tally)} answers 503 in this step, retried for {UNAVAILABLE_FOR} s)"
+                if tally
+                else ""
+            )
+            raise CofferFailed(
+                f"{method} {path}: HTTP {resp.status_code}{retried}: {resp.text[:500]}"
+            )
         body: dict[str, Any] = resp.json()
         return body
 

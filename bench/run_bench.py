@@ -57,6 +57,14 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
+def _requests(counted: dict[str, int], note: str = "") -> dict[str, Any]:
+    """The step's S3 requests, in the record and in its note (nothing for a local store)."""
+    if not counted:
+        return {"note": note} if note else {}
+    shown = ", ".join(f"{n} {method}" for method, n in sorted(counted.items()))
+    return {"s3_requests": counted, "note": f"{note}; S3: {shown}" if note else f"S3: {shown}"}
+
+
 def parse_iso(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -176,6 +184,7 @@ class Bench:
         where: Path,
         data: Path,
         only_first: bool = False,
+        requests: Callable[[], dict[str, int]] = dict,
         into: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Fills and returns ``into`` as it goes (an interrupted run keeps what it did)."""
@@ -201,8 +210,10 @@ class Bench:
                     expected = snapshot(data)
                     logical = self.logical + change.bytes_appended
                 before = repo_bytes()
+                requests()  # start counting S3 requests from here
                 load = os.getloadavg()[0]  # the machine is shared: note how busy
                 job = plat.backup(source, name)
+                counted = requests()
                 after = repo_bytes()
                 step = {
                     "step": name,
@@ -214,13 +225,16 @@ class Bench:
                     "entries": job.body.get("entries"),
                     "repo_bytes_after": after,
                     "repo_delta": after - before,
+                    **_requests(counted),
                 }
                 self._record(run, "coffer", store, step)
             if only_first:
                 return run
             target = where / "restored"
             load = os.getloadavg()[0]  # the machine is shared: note how busy
+            requests()
             job = plat.restore(job.body["id"], target)
+            counted = requests()
             verdict = compare(expected, snapshot(target))
             step = {
                 "step": "restore",
@@ -228,7 +242,7 @@ class Bench:
                 "logical_bytes": logical,
                 **self._coffer_figures(job, "restore"),
                 "verified": verdict.identical,
-                "note": verdict.summary(),
+                **_requests(counted, verdict.summary()),
             }
             self._record(run, "coffer", store, step)
             shutil.rmtree(target, ignore_errors=True)
@@ -268,6 +282,7 @@ class Bench:
         data: Path,
         env: dict[str, str],
         only_first: bool = False,
+        requests: Callable[[], dict[str, int]] = dict,
         into: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         where.mkdir(parents=True, exist_ok=True)
@@ -285,8 +300,10 @@ class Bench:
                     expected = snapshot(data)
                     logical = self.logical + change.bytes_appended
                 before = repo_bytes()
+                requests()  # start counting S3 requests from here
                 load = os.getloadavg()[0]  # the machine is shared: note how busy
                 result = tool.backup(data)
+                counted = requests()
                 after = repo_bytes()
                 step = {
                     "step": name,
@@ -300,13 +317,16 @@ class Bench:
                     "files_changed": result.summary.get("files_changed"),
                     "repo_bytes_after": after,
                     "repo_delta": after - before,
+                    **_requests(counted),
                 }
                 self._record(run, "restic", store, step)
             if only_first:
                 return run
             target = where / "restored"
             load = os.getloadavg()[0]  # the machine is shared: note how busy
+            requests()
             result = tool.restore(target)
+            counted = requests()
             verdict = compare(expected, snapshot(target / str(data).lstrip("/")))
             step = {
                 "step": "restore",
@@ -316,7 +336,7 @@ class Bench:
                 "peak_rss_bytes": result.max_rss_bytes,
                 "cpu_seconds": result.user_seconds + result.system_seconds,
                 "verified": verdict.identical,
-                "note": verdict.summary(),
+                **_requests(counted, verdict.summary()),
             }
             self._record(run, "restic", store, step)
             shutil.rmtree(target, ignore_errors=True)
@@ -373,6 +393,7 @@ class Bench:
                     where / "coffer",
                     self.data.path,
                     into=result.setdefault("coffer", {}),
+                    requests=moto.requests,
                 )
             if "restic" in self.args.tools:
                 moto.make_bucket("restic-bench")
@@ -384,6 +405,7 @@ class Bench:
                     self.data.path,
                     {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
                     into=result.setdefault("restic", {}),
+                    requests=moto.requests,
                 )
         finally:
             moto.close()

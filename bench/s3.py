@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import boto3
@@ -11,6 +13,8 @@ import boto3
 from bench.procs import free_port, stop, wait_for_port
 
 KEY = SECRET = "testing"
+# moto's access log: 127.0.0.1 - - [date] "GET /bucket/key HTTP/1.1" 206 - (maybe coloured)
+_REQUEST = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) ')
 
 
 class Moto:
@@ -18,6 +22,7 @@ class Moto:
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.log_path = work / "moto.log"
+        self._seen = 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -36,6 +41,14 @@ class Moto:
             aws_secret_access_key=SECRET,
             region_name="us-east-1",
         )
+
+    def requests(self) -> dict[str, int]:
+        """HTTP requests the server logged since the last call, by method."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._seen)
+            text = log.read()
+        self._seen += len(text)
+        return dict(Counter(m.decode() for m in _REQUEST.findall(text)))
 
     def make_bucket(self, name: str) -> None:
         self.client.create_bucket(Bucket=name)

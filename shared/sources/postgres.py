@@ -297,7 +297,7 @@ class _Conn:
         the tools connect; the connection is described by variables only, so no
         argument (visible in ``ps``) carries any of it.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "LC_ALL"}
         env.update(
             PGHOST=self.host,
             PGPORT=str(self.port),
