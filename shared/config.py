@@ -34,6 +34,7 @@ class Settings:
     restore_concurrency: int
     gc_interval_seconds: float
     gc_grace_seconds: float
+    retention_interval_seconds: float = 600.0
 
     def master_key(self) -> bytes:
         """The 32-byte master key; generated into ``master_key_file`` on first use."""
@@ -91,4 +92,7 @@ def settings(config: Mapping[str, Any] | None = None) -> Settings:
         restore_concurrency=int(_get(config, "COFFER_RESTORE_CONCURRENCY", "2") or 2),
         gc_interval_seconds=float(_get(config, "COFFER_GC_INTERVAL_SECONDS", "3600") or 3600),
         gc_grace_seconds=float(_get(config, "COFFER_GC_GRACE_SECONDS", "3600") or 3600),
+        retention_interval_seconds=float(
+            _get(config, "COFFER_RETENTION_INTERVAL_SECONDS", "600") or 600
+        ),
     )

@@ -95,6 +95,19 @@ class ConfirmationRequired(CofferError):
     http_status = 400
 
 
+class InvalidSchedule(CofferError):
+    """The cron expression or preset of a schedule is not valid."""
+
+    code = "invalid_schedule"
+    http_status = 400
+
+
+class UnknownTimezone(InvalidSchedule):
+    """The time zone is not an IANA name this host knows."""
+
+    code = "unknown_timezone"
+
+
 # 401 / 403 -- who is asking
 class Unauthenticated(CofferError):
     """A valid bearer token is required."""
@@ -136,6 +149,12 @@ class RestoreNotFound(NotFound):
     code = "restore_not_found"
 
 
+class ScheduleNotFound(NotFound):
+    """No such schedule in this tenant."""
+
+    code = "schedule_not_found"
+
+
 class TenantNotFound(NotFound):
     """No such tenant."""
 
@@ -160,6 +179,12 @@ class InvalidState(Conflict):
     """The job is not in a state that allows this."""
 
     code = "invalid_state"
+
+
+class LegalHold(Conflict):
+    """The backup is on legal hold: it cannot be deleted until the hold is released."""
+
+    code = "legal_hold"
 
 
 class TargetNotEmpty(Conflict):

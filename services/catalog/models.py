@@ -7,7 +7,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -57,6 +68,8 @@ class Source(Base):
     #: The config without its secret fields (those are sealed in ``secrets``).
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The source's retention policy (``services.catalog.retention``), if any.
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -113,6 +126,10 @@ class Backup(JobColumns, Base):
     clear: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     #: ``clear["status"]`` as a plain column, so that claiming is one conditional UPDATE.
     clear_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Retention never deletes a held backup, and neither does DELETE (409 legal_hold).
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The schedule that made it: that schedule's retention policy governs it.
+    schedule_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class Restore(JobColumns, Base):
@@ -129,6 +146,49 @@ class Restore(JobColumns, Base):
     target_secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
     in_place: Mapped[bool] = mapped_column(default=False)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Schedule(Base):
+    """A backup of a source (or of a whole tenant, ``scope``) at cron slots in a time zone.
+
+    ``next_run`` is the claim: the scheduler fires a slot with a conditional UPDATE
+    ``WHERE next_run = <slot>``, so of several catalog instances exactly one wins it.
+    ``pending_slot`` is set by that claim and cleared once the backup is submitted; a
+    claim left behind by a crash is submitted again (idempotent by request_id).
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ux_schedules_tenant_name", "tenant", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name"))
+    name: Mapped[str] = mapped_column(String(63))
+    source_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: The effective expression (a preset is compiled to one).
+    cron: Mapped[str] = mapped_column(String(128))
+    preset: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    pending_slot: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_run: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class TimerLease(Base):
+    """Lets one catalog instance at a time run a periodic job (retention expiry)."""
+
+    __tablename__ = "timer_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Chunk(Base):

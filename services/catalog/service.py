@@ -35,6 +35,8 @@ from services.catalog.models import (
 )
 from services.catalog.queries import ListQuery
 from services.catalog.rebuild import rebuild
+from services.catalog.retention_rpc import RetentionRpc
+from services.catalog.schedule_rpc import ScheduleRpc
 from services.catalog.views import (
     backup_view,
     iso,
@@ -52,6 +54,7 @@ from shared.errors import (
     BackupNotFound,
     CofferError,
     InvalidState,
+    LegalHold,
     NotFound,
     RestoreNotFound,
     SourceNotFound,
@@ -84,7 +87,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class CatalogService:
+class CatalogService(ScheduleRpc, RetentionRpc):
     name = "catalog"
 
     db: Session = CatalogDatabase()
@@ -496,6 +499,8 @@ class CatalogService:
                 f"backup {backup_id} is {row.status}; it can be deleted once it has ended",
                 {"status": row.status},
             )
+        if row.legal_hold:
+            raise LegalHold(f"backup {backup_id} is on legal hold", {"backup_id": backup_id})
         view = backup_view(row)
         # Store first: if it fails, the row stays and the delete can be retried.
         self._repository().delete(row.tenant, row.id)

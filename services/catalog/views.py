@@ -54,6 +54,8 @@ def backup_view(row: Backup) -> dict[str, Any]:
         if row.verify_status
         else None,
         "attempts": row.attempts,
+        "legal_hold": row.legal_hold,
+        "schedule_id": row.schedule_id,
         "created_at": iso(row.created_at),
         "started_at": iso(row.started_at),
         "finished_at": iso(row.finished_at),

@@ -193,6 +193,8 @@ class BackupOut(Schema):
     parent_id = fields.String(allow_none=True)
     verification = fields.Nested(Verification, allow_none=True)
     attempts = fields.Integer()
+    legal_hold = fields.Boolean(metadata={"description": "retention and DELETE leave it alone"})
+    schedule_id = fields.String(allow_none=True)
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -360,3 +362,154 @@ class Health(Schema):
         values=fields.Dict(),
         metadata={"description": "per dependency: broker, catalog, store"},
     )
+
+
+# -- schedules and retention --------------------------------------------------------------
+
+
+class RetentionPolicy(Strict):
+    """restic ``forget`` rules; at least one keep rule must keep something."""
+
+    keep_last = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    keep_hourly = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    keep_daily = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    keep_weekly = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    keep_monthly = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    keep_yearly = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    keep_within = fields.String(
+        allow_none=True,
+        metadata={"description": "keep all made within this before the newest, e.g. 30d, 1y2m"},
+    )
+    max_age = fields.String(
+        allow_none=True,
+        metadata={"description": "delete older than this (from now), never the newest"},
+    )
+    timezone = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={
+            "description": "IANA zone of the calendar periods; default the schedule's, or UTC"
+        },
+    )
+
+
+class Preset(Strict):
+    every = fields.String(required=True, validate=validate.OneOf(("daily", "weekly", "monthly")))
+    at = fields.String(required=True, metadata={"example": "02:30"})
+    weekday = fields.String(metadata={"description": "weekly: mon..sun (default mon)"})
+    day = fields.Raw(metadata={"description": "monthly: 1..28 or 'last' (default 1)"})
+
+
+class ScheduleFields(Strict):
+    name = fields.String(validate=NAME)
+    source = fields.String(
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "a source id or name; or `scope` for a whole-tenant backup"},
+    )
+    scope = fields.String(validate=validate.OneOf(("all", "databases", "files")))
+    cron = fields.String(
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "5 fields: minute hour day-of-month month day-of-week"},
+    )
+    preset = fields.Nested(Preset)
+    timezone = fields.String(
+        validate=validate.Length(min=1, max=64), metadata={"example": "Europe/Berlin"}
+    )
+    retention = fields.Nested(RetentionPolicy, allow_none=True)
+    note = fields.String(allow_none=True, validate=validate.Length(max=1000))
+    enabled = fields.Boolean()
+
+    @validates_schema
+    def _exclusive(self, data: dict[str, object], **_: object) -> None:
+        if "source" in data and "scope" in data:
+            raise ValidationError("give either `source` or `scope`", "source")
+        if "cron" in data and "preset" in data:
+            raise ValidationError("give either `cron` or `preset`", "cron")
+
+
+class ScheduleCreate(ScheduleFields):
+    name = fields.String(required=True, validate=NAME)
+    tenant = fields.String(load_default=None, allow_none=True, validate=NAME)
+    timezone = fields.String(load_default="UTC", validate=validate.Length(min=1, max=64))
+    enabled = fields.Boolean(load_default=True)
+
+    @validates_schema
+    def _required(self, data: dict[str, object], **_: object) -> None:
+        if "source" not in data and "scope" not in data:
+            raise ValidationError("give `source` or `scope`", "source")
+        if "cron" not in data and "preset" not in data:
+            raise ValidationError("give `cron` or `preset`", "cron")
+
+
+class LastRun(Schema):
+    at = fields.String()
+    slot = fields.String()
+    backup_id = fields.String()
+    group_id = fields.String()
+    status = fields.String()
+    error = fields.Nested(ErrorBody)
+
+
+class ScheduleOut(Schema):
+    id = fields.String()
+    name = fields.String()
+    tenant = fields.String()
+    source = fields.String(allow_none=True)
+    source_id = fields.String(allow_none=True)
+    scope = fields.String(allow_none=True)
+    cron = fields.String(metadata={"description": "the effective expression (presets too)"})
+    preset = fields.Nested(Preset, allow_none=True)
+    timezone = fields.String()
+    retention = fields.Nested(RetentionPolicy, allow_none=True)
+    note = fields.String(allow_none=True)
+    enabled = fields.Boolean()
+    next_run = fields.String(allow_none=True)
+    last_run = fields.Nested(LastRun, allow_none=True)
+    created_by = fields.String()
+    created_at = fields.String()
+    updated_at = fields.String()
+
+
+class ScheduleList(Schema):
+    items = fields.List(fields.Nested(ScheduleOut))
+    total = fields.Integer()
+
+
+class ScheduleQuery(Strict):
+    tenant = fields.String(validate=NAME)
+
+
+class SourceRetention(Schema):
+    source = fields.String()
+    tenant = fields.String()
+    policy = fields.Nested(RetentionPolicy, allow_none=True)
+
+
+class RetentionPreviewRequest(Strict):
+    source = fields.String(validate=validate.Length(min=1, max=128))
+    schedule = fields.String(validate=validate.Length(min=1, max=128))
+    policy = fields.Nested(RetentionPolicy, metadata={"description": "omitted: the stored policy"})
+
+    @validates_schema
+    def _target(self, data: dict[str, object], **_: object) -> None:
+        if "source" not in data and "schedule" not in data:
+            raise ValidationError("give `source` (or `schedule`)", "source")
+
+
+class KeptBackup(Schema):
+    id = fields.String()
+    created_at = fields.String()
+    reasons = fields.List(fields.String(), metadata={"example": ["last 1", "daily 2026-11-29"]})
+
+
+class DroppedBackup(Schema):
+    id = fields.String()
+    created_at = fields.String()
+
+
+class RetentionPreview(Schema):
+    source = fields.String(allow_none=True)
+    schedule = fields.String(allow_none=True)
+    policy = fields.Nested(RetentionPolicy)
+    keep = fields.List(fields.Nested(KeptBackup))
+    delete = fields.List(fields.Nested(DroppedBackup))

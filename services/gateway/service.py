@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response
 from services.gateway import schemas as s
 from services.gateway.api import ApiMixin, Call, api, json_response
 from services.gateway.openapi import build_spec
+from services.gateway.schedules_api import SchedulesApi
 from shared.config import Settings
 from shared.dependencies import SettingsProvider
 from shared.errors import InvalidState, NotFound, Unsupported, ValidationFailed
@@ -43,7 +44,7 @@ def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return filters, query["page"], query["per_page"]
 
 
-class GatewayService(ApiMixin):
+class GatewayService(ApiMixin, SchedulesApi):
     name = "gateway"
 
     catalog_rpc = RpcProxy("catalog")
