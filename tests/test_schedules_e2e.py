@@ -283,3 +283,47 @@ def test_retention_preview_expiry_and_legal_hold(platform: Platform, tmp_path: P
         report = rpc.catalog.expire_backups()
     assert b1 in report["deleted"]
     assert operator.delete("/api/v1/sources/files/retention").json()["policy"] is None
+
+
+def test_a_whole_tenant_schedule_and_its_own_retention(platform: Platform, tmp_path: Path) -> None:
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    tenant = platform.tenant()
+    operator = platform.token("operator", tenant)
+    register(operator, make_tree(tmp_path / "src"))
+    manual = backup_now(operator, "files")["id"]
+    resp = operator.post(
+        "/api/v1/schedules",
+        json={
+            "name": "files-daily",
+            "scope": "files",
+            "preset": {"every": "daily", "at": "01:00"},
+            "retention": {"keep_last": 1},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    schedule = resp.json()
+    made = []
+    for days in (2, 1):
+        slot = make_due(platform, schedule["id"], timedelta(days=days))
+        ran = wait_for_run(operator, schedule["id"], slot)
+        group = operator.get("/api/v1/backups", params={"group_id": ran["last_run"]["group_id"]})
+        [item] = group.json()["items"]
+        assert item["schedule_id"] == schedule["id"]
+        assert operator.wait_for(f"/api/v1/backups/{item['id']}")["status"] == "completed"
+        made.append(item["id"])
+    assert operator.get(f"/api/v1/schedules/{schedule['id']}").json()["last_run"]["status"] == (
+        "completed"
+    )
+
+    # the schedule's policy governs its own backups only: the manual one is not in it
+    preview = operator.post("/api/v1/retention/preview", json={"schedule": "files-daily"}).json()
+    assert [(k["id"], k["reasons"]) for k in preview["keep"]] == [(made[1], ["last 1"])]
+    assert [d["id"] for d in preview["delete"]] == [made[0]]
+    with ClusterRpcProxy(platform.config) as rpc:
+        report = rpc.catalog.expire_backups()
+    assert made[0] in report["deleted"] and made[1] not in report["deleted"]
+    assert manual not in report["deleted"]
+    assert operator.get(f"/api/v1/backups/{made[0]}").status_code == 404
+    for kept in (made[1], manual):
+        assert operator.get(f"/api/v1/backups/{kept}").status_code == 200

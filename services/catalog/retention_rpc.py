@@ -140,25 +140,34 @@ class RetentionRpc:
     def expire_backups(self) -> dict[str, Any]:
         """Apply every stored policy now; returns ``{deleted: [...], failed: [...]}``."""
         plans: list[tuple[str, str, dict[str, Any], list[retention.Item]]] = []
-        for source in self.db.scalars(select(Source).where(Source.retention.is_not(None))):
-            assert source.retention is not None
-            policy = retention.check_policy(source.retention)
-            decision = self._decide(self._governed(source, None), policy)
-            plans.append(("source", source.id, source.retention, decision.delete))
-        for schedule in self.db.scalars(select(Schedule).where(Schedule.retention.is_not(None))):
-            assert schedule.retention is not None
-            policy = retention.check_policy(schedule.retention, schedule.timezone)
-            by_source: dict[str | None, list[Backup]] = {}
-            for b in self._governed(None, schedule):
-                by_source.setdefault(b.source_id, []).append(b)
-            for rows in by_source.values():
-                decision = self._decide(rows, policy)
-                plans.append(("schedule", schedule.id, schedule.retention, decision.delete))
-        self.db.rollback()
         report: dict[str, Any] = {"deleted": [], "failed": []}
-        for kind, owner, raw, doomed in plans:
+        owners: list[Source | Schedule] = [
+            *self.db.scalars(select(Source).where(Source.retention.is_not(None))),
+            *self.db.scalars(select(Schedule).where(Schedule.retention.is_not(None))),
+        ]
+        for owner in owners:
+            if not owner.retention:  # a JSON null stored before none_as_null
+                continue
+            kind = "schedule" if isinstance(owner, Schedule) else "source"
+            try:
+                if isinstance(owner, Schedule):
+                    policy = retention.check_policy(owner.retention, owner.timezone)
+                    groups: dict[str | None, list[Backup]] = {}
+                    for b in self._governed(None, owner):
+                        groups.setdefault(b.source_id, []).append(b)
+                else:
+                    policy = retention.check_policy(owner.retention)
+                    groups = {owner.id: self._governed(owner, None)}
+            except CofferError as exc:  # e.g. a time zone this host no longer knows
+                report["failed"].append({kind: owner.id, "error": exc.to_dict()})
+                continue
+            for rows in groups.values():
+                doomed = self._decide(rows, policy).delete
+                plans.append((kind, owner.id, owner.retention, doomed))
+        self.db.rollback()
+        for kind, owner_id, raw, doomed in plans:
             for item in doomed:
-                self._expire(item, {"policy_of": kind, "id": owner, "policy": raw}, report)
+                self._expire(item, {"policy_of": kind, "id": owner_id, "policy": raw}, report)
         return report
 
     def _expire(self, item: retention.Item, why: dict[str, Any], report: dict[str, Any]) -> None:

@@ -250,8 +250,12 @@ class ScheduleRpc:
         ).all()
         self.db.rollback()
         for schedule_id, slot, cron, timezone in due:
-            if self.claim_slot(schedule_id, slot, Timing(cron, timezone).next_after(now)):
-                self._submit_slot(schedule_id)
+            try:
+                if self.claim_slot(schedule_id, slot, Timing(cron, timezone).next_after(now)):
+                    self._submit_slot(schedule_id)
+            except Exception:  # one broken schedule must not stop the others
+                self.db.rollback()
+                log.exception("schedule %s: could not fire slot %s", schedule_id, slot)
         stale = self.db.scalars(
             select(Schedule.id).where(
                 Schedule.pending_slot.is_not(None), Schedule.claimed_at < now - STALE_CLAIM
