@@ -69,9 +69,7 @@ class Source(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: The source's retention policy (``services.catalog.retention``), if any.
-    retention: Mapped[dict[str, Any] | None] = mapped_column(
-        JSON(none_as_null=True), nullable=True
-    )
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -171,9 +169,7 @@ class Schedule(Base):
     cron: Mapped[str] = mapped_column(String(128))
     preset: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     timezone: Mapped[str] = mapped_column(String(64))
-    retention: Mapped[dict[str, Any] | None] = mapped_column(
-        JSON(none_as_null=True), nullable=True
-    )
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     next_run: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
