@@ -9,7 +9,7 @@ import click
 
 from cli.common import api, confirm, emit, json_option, yes_option
 from cli.parsing import parse_object
-from cli.render import fields, human_bytes, report_renderables, short_time, table
+from cli.render import fields, report_renderables, short_time, table
 
 #: The config key that best says where a source is, per driver.
 WHERE_KEYS = ("path", "url", "bucket", "endpoint")
@@ -155,10 +155,7 @@ def source_stats(source: str, as_json: bool) -> None:
     doc = api().get(source_path(source) + "/stats")
 
     def human() -> list[Any]:
-        shown = {k: v for k, v in doc.items() if k not in ("source",)}
-        for key in list(shown):
-            if key == "bytes" and isinstance(shown[key], int):
-                shown[key] = human_bytes(shown[key])
+        shown = {k: v for k, v in doc.items() if k != "source"}
         return report_renderables(shown, f"source {doc.get('name')} ({doc.get('driver')})")
 
     emit(as_json, doc, human)

@@ -156,7 +156,8 @@ def report_renderables(report: dict[str, Any], title: str) -> list[Any]:
 
 
 def _scalar(key: str, value: Any) -> Any:
-    return human_bytes(value) if key.startswith("bytes") or key.endswith("_bytes") else value
+    is_size = key == "bytes" or key.startswith("bytes_") or key.endswith("_bytes")
+    return human_bytes(value) if is_size and isinstance(value, int | float) else value
 
 
 def _item(value: Any) -> str:

@@ -10,29 +10,43 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import requests
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from cli import exitcodes
 from cli.client import Client
 from cli.errors import CliError
-from cli.render import err_console
+from cli.render import err_console, human_bytes
 
 ENDED = ("completed", "failed", "cancelled")
 DOWNLOAD_CHUNK = 256 * 1024
+
+
+class RateColumn(ProgressColumn):
+    """The transfer rate in the same binary units as the byte counts beside it."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(
+            "?" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed"
+        )
 
 
 def poll_interval() -> float:
@@ -45,8 +59,8 @@ def _progress(quiet: bool) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        DownloadColumn(binary_units=True),
+        RateColumn(),
         TimeRemainingColumn(),
         console=console,
         auto_refresh=False,
@@ -73,7 +87,7 @@ def wait_jobs(
     final: dict[str, dict[str, Any]] = {}
     seen: dict[str, str] = {}
     with _progress(quiet) as bar:
-        tasks: dict[str, TaskID] = {label: bar.add_task(label, total=None) for label, _ in paths}
+        tasks = {label: bar.add_task(escape(label), total=None) for label, _ in paths}
         try:
             while True:
                 for label, path in paths:
@@ -110,10 +124,28 @@ def _update(bar: Progress, task: TaskID, label: str, doc: dict[str, Any], status
         done = total
     bar.update(
         task,
-        description=f"{label} [{status}]",
+        description=escape(f"{label} [{status}]"),
         total=total or None,
         completed=done,
     )
+    if status in ENDED:
+        _set_final_speed(bar, task, done, _duration(doc))
+
+
+def _duration(doc: dict[str, Any]) -> float | None:
+    """The job's own run time from its timestamps: polling sees too few samples for a rate."""
+    try:
+        started = datetime.fromisoformat(str(doc["started_at"]).replace("Z", "+00:00"))
+        finished = datetime.fromisoformat(str(doc["finished_at"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (finished - started).total_seconds()
+
+
+def _set_final_speed(bar: Progress, task: TaskID, done: float, seconds: float | None) -> None:
+    for each in bar.tasks:
+        if each.id == task and seconds and seconds > 0:
+            each.finished_speed = done / seconds
 
 
 def download(client: Client, path: str, output: str | None, *, quiet: bool) -> tuple[str, int]:
@@ -137,15 +169,18 @@ def download(client: Client, path: str, output: str | None, *, quiet: bool) -> t
         target = Path(name)
         part = target.with_name(target.name + ".part")
         written = 0
+        started = time.monotonic()
         try:
             with _progress(quiet) as bar, part.open("wb") as out:
-                task = bar.add_task(f"download {target.name}", total=total)
+                task = bar.add_task(escape(f"download {target.name}"), total=total)
                 for chunk in _chunks(resp):
                     out.write(chunk)
                     written += len(chunk)
                     bar.update(task, completed=written)
                     bar.refresh()
+                # giving the total resets rich's speed samples: keep the measured rate
                 bar.update(task, total=written, completed=written)
+                _set_final_speed(bar, task, written, time.monotonic() - started)
                 bar.refresh()
             part.replace(target)
         except BaseException:

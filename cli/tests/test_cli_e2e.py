@@ -99,6 +99,7 @@ def test_backup_download_verify_restore_audit(platform: Platform, tmp_path: Path
     assert [s["name"] for s in listed["items"]] == ["site"]
     assert run.json("sources", "show", "site")["id"] == source["id"]
     assert run.json("sources", "stats", "site")["driver"] == "filesystem"
+    assert "source site (filesystem)" in run("sources", "stats", "site").stdout
     human = run("sources", "list").stdout
     assert "site" in human and "filesystem" in human
 
