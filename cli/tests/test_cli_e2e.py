@@ -235,3 +235,21 @@ def test_failure_paths_and_their_exit_codes(platform: Platform, tmp_path: Path) 
     # --json errors still go to stderr, stdout stays empty for the script
     quiet = run("backups", "show", "no-such-backup", "--json", code=exitcodes.NOT_FOUND)
     assert quiet.stdout == ""
+
+
+def test_verify_of_a_damaged_backup_exits_1(platform: Platform, tmp_path: Path) -> None:
+    tenant = platform.tenant()
+    run = coffer_as(platform, platform.token("operator", tenant).token, tmp_path)
+    tree = make_tree(tmp_path / "src")
+    run.json("sources", "create", "site", "-d", "filesystem", "-c", f"path={tree}")
+    done = run.json("backup", "site", "--wait")
+
+    store = Path(platform.config["COFFER_STORE"].removeprefix("file://"))
+    pack = max((store / "tenants" / tenant / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+
+    damaged = run("backups", "verify", done["id"], "--wait", code=exitcodes.JOB_FAILED)
+    assert "verification_failed" in damaged.stderr and "corrupt" in damaged.stderr
+    assert "DAMAGED" in damaged.stdout

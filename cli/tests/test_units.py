@@ -180,3 +180,43 @@ def test_destructive_command_without_terminal_needs_yes() -> None:
     result = CliRunner().invoke(cli, ["backups", "delete", "b1"], env=env)
     assert result.exit_code == exitcodes.USAGE
     assert "--yes" in result.stderr
+
+
+class FakeJobs:
+    """Answers GET with each document in turn (unit test: no gateway)."""
+
+    def __init__(self, docs: list[dict[str, object]]) -> None:
+        self.docs = docs
+
+    def get(self, path: str) -> dict[str, object]:
+        return self.docs.pop(0) if len(self.docs) > 1 else self.docs[0]
+
+
+def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cli import watch
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        watch, "err_console", lambda: Console(file=screen, force_terminal=True, width=120)
+    )
+    monkeypatch.setenv("COFFER_POLL_INTERVAL", "0")
+    mib = 1024 * 1024
+    running = {"status": "running", "progress": {"bytes_done": 10 * mib, "bytes_total": 40 * mib}}
+    done = {
+        "status": "completed",
+        "progress": {"bytes_done": 40 * mib, "bytes_total": 40 * mib},
+        "started_at": "2026-01-01T00:00:00.000Z",
+        "finished_at": "2026-01-01T00:00:04.000Z",
+    }
+    client = FakeJobs([running, done])
+    final = watch.wait_jobs(client, [("backup site", "/x")], quiet=False)  # type: ignore[arg-type]
+    assert final == [done]
+    text = screen.getvalue()
+    assert "backup site [running]" in text and "25%" in text
+    assert "backup site [completed]" in text and "100%" in text
+    assert "40.0/40.0 MiB" in text
+    assert "10.0 MiB/s" in text  # 40 MiB over the job's own 4 seconds
