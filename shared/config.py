@@ -34,6 +34,9 @@ class Settings:
     restore_concurrency: int
     gc_interval_seconds: float
     gc_grace_seconds: float
+    job_max_attempts: int = 3
+    job_retry_backoff_seconds: float = 10.0
+    tenant_max_running: int = 0
 
     def master_key(self) -> bytes:
         """The 32-byte master key; generated into ``master_key_file`` on first use."""
@@ -91,4 +94,9 @@ def settings(config: Mapping[str, Any] | None = None) -> Settings:
         restore_concurrency=int(_get(config, "COFFER_RESTORE_CONCURRENCY", "2") or 2),
         gc_interval_seconds=float(_get(config, "COFFER_GC_INTERVAL_SECONDS", "3600") or 3600),
         gc_grace_seconds=float(_get(config, "COFFER_GC_GRACE_SECONDS", "3600") or 3600),
+        job_max_attempts=max(1, int(_get(config, "COFFER_JOB_MAX_ATTEMPTS", "3") or 3)),
+        job_retry_backoff_seconds=float(
+            _get(config, "COFFER_JOB_RETRY_BACKOFF_SECONDS", "10") or 10
+        ),
+        tenant_max_running=int(_get(config, "COFFER_TENANT_MAX_RUNNING", "0") or 0),
     )

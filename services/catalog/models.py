@@ -7,7 +7,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -83,6 +93,14 @@ class JobColumns:
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    #: Set by ``POST .../cancel`` on a running job: its worker kills the child, and a
+    #: reaped job that was being cancelled ends ``cancelled``, not retried.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: A job requeued after its worker was lost is not claimed before this time (backoff).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: The worker's smoothed throughput and its estimate of the time left (None: unknown).
+    rate_bytes_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Backup(JobColumns, Base):
@@ -164,3 +182,18 @@ class OutboxMessage(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+
+
+class JobLog(Base):
+    """A job's log lines (``GET /api/v1/backups/{id}/log``): worker lines and the catalog's
+    own (queued, retried, cancelled). At most ``joblog.MAX_LINES`` per job are kept."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job", "kind", "job_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)

@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from services.catalog import chunk_index, jobs, outbox
+from services.catalog import chunk_index, joblog, jobs, lifecycle, outbox
 from services.catalog.db import CatalogDatabase
 from services.catalog.models import (
     ROLES,
@@ -600,8 +600,7 @@ class CatalogService:
         """
         model = jobs.job_model(kind)
         lease = self.settings.job_lease_seconds
-        if not jobs.claim(self.db, model, job_id, worker_id, lease):
-            self.db.rollback()
+        if not lifecycle.claim(self.db, kind, job_id, worker_id, self.settings):
             return None
         row = self.db.get(model, job_id)
         assert row is not None
@@ -730,6 +729,8 @@ class CatalogService:
         assert row is not None
         self.db.refresh(row)
         self._announce(kind, row, status)
+        joblog.add(self.db, kind, job_id, "info" if status == jobs.COMPLETED else "error", status)
+        lifecycle.announce_waiting(self.db, row.tenant)
         self.db.commit()
         self._flush()
         if kind == "backup" and status == jobs.COMPLETED:
@@ -930,35 +931,73 @@ class CatalogService:
 
     @timer(interval=2)
     def reap_lost_workers(self) -> None:
-        """A running job whose lease ran out has lost its worker: it fails, never hangs."""
+        """A running job whose lease ran out has lost its worker: retried or ended, never
+        left hanging (see :mod:`services.catalog.lifecycle`)."""
         now = utcnow()
-        for kind, model in jobs.JOB_MODELS.items():
-            expired = self.db.scalars(select(model).where(jobs.expired(model, now))).all()
-            for row in cast(list[Backup | Restore], expired):
-                self._finish(
-                    kind,
-                    row.id,
-                    row.worker_id,
-                    jobs.FAILED,
-                    error={
-                        "code": "worker_lost",
-                        "message": "worker lost: no heartbeat within the lease",
-                        "details": {"worker_id": row.worker_id},
-                    },
-                )
+        for kind, row in lifecycle.expired(self.db, now):
+            if lifecycle.retry_lost(self.db, kind, row, self.settings):
+                self._audit_retry(kind, row)
+                continue
+            cancelled = row.cancel_requested_at is not None
+            error = None if cancelled else lifecycle.worker_lost(row.worker_id)
+            status = jobs.CANCELLED if cancelled else jobs.FAILED
+            self._finish(kind, row.id, row.worker_id, status, error=error)
+        for kind, row in lifecycle.unanswered_cancels(self.db, now):
+            lifecycle.send_cancel(self.db, kind, row)
+        self.db.commit()
+        self._flush()
 
-    @timer(interval=10)
+    def _audit_retry(self, kind: str, row: Backup | Restore) -> None:
+        self.audit.record(
+            f"{kind}.retry",
+            resource={"type": kind, "id": row.id},
+            outcome="failure",
+            tenant=row.tenant,
+            actor=SYSTEM.actor(),
+            request_id=row.request_id,
+            details={"error": lifecycle.worker_lost(row.worker_id), "attempt": row.attempts},
+        )
+
+    @timer(interval=2)
     def redispatch_pending(self) -> None:
-        cutoff = utcnow() - timedelta(seconds=REDISPATCH_AFTER)
-        for kind, model in jobs.JOB_MODELS.items():
-            rows = self.db.scalars(
-                select(model).where(model.status == jobs.PENDING, model.dispatched_at < cutoff)
-            ).all()
-            for row in cast(list[Backup | Restore], rows):
-                row.dispatched_at = utcnow()
+        """Announce again pending jobs not taken up (lost message, refused claim, retry due)."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=REDISPATCH_AFTER)
+        for kind, job_id in lifecycle.waiting(self.db, None, now):
+            row = lifecycle.get_job(self.db, kind, job_id)
+            if row is not None and (row.dispatched_at is None or row.dispatched_at < cutoff):
+                row.dispatched_at = now
                 outbox.enqueue(self.db, outbox.INTERNAL, f"{kind}_queued", {"job_id": row.id})
         self.db.commit()
         self._flush()
+
+    # -- cancel and job logs ------------------------------------------------------------------
+
+    def _job(self, who: Principal, kind: str, job_id: str) -> Backup | Restore:
+        return self._backup(who, job_id) if kind == "backup" else self._restore(who, job_id)
+
+    @rpc(expected_exceptions=CofferError)
+    def cancel_job(self, principal: dict[str, Any], kind: str, job_id: str) -> dict[str, Any]:
+        """Cancel a pending job now, or ask the worker of a running one to stop it."""
+        row = self._job(Principal.from_dict(principal), kind, job_id)
+        if lifecycle.request_cancel(self.db, kind, row) == jobs.PENDING:
+            self._finish(kind, row.id, None, jobs.CANCELLED)
+        self._flush()
+        self.db.refresh(row)
+        return backup_view(row) if isinstance(row, Backup) else restore_view(row)
+
+    @rpc(expected_exceptions=CofferError)
+    def job_log(self, principal: dict[str, Any], kind: str, job_id: str) -> dict[str, Any]:
+        row = self._job(Principal.from_dict(principal), kind, job_id)
+        return {"items": joblog.lines(self.db, kind, row.id)}
+
+    @event_handler("jobs", "job_log")
+    def handle_job_log(self, payload: dict[str, Any]) -> None:
+        if payload.get("kind") in jobs.JOB_MODELS:
+            joblog.add_lines(
+                self.db, payload["kind"], payload["job_id"], payload.get("lines") or []
+            )
+            self.db.commit()
 
     # -- statistics --------------------------------------------------------------------------
 

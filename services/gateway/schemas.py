@@ -116,6 +116,12 @@ class Progress(Schema):
     bytes_total = fields.Integer(allow_none=True)
     items_done = fields.Integer()
     items_total = fields.Integer(allow_none=True)
+    rate_bytes_per_second = fields.Float(
+        allow_none=True, metadata={"description": "smoothed throughput; null when unknown"}
+    )
+    eta_seconds = fields.Float(
+        allow_none=True, metadata={"description": "estimated time left; null when unknown"}
+    )
 
 
 class Size(Schema):
@@ -193,6 +199,10 @@ class BackupOut(Schema):
     parent_id = fields.String(allow_none=True)
     verification = fields.Nested(Verification, allow_none=True)
     attempts = fields.Integer()
+    cancel_requested_at = fields.String(allow_none=True)
+    retry_at = fields.String(
+        allow_none=True, metadata={"description": "a requeued job waits until then (backoff)"}
+    )
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -279,6 +289,9 @@ class RestoreOut(Schema):
     progress = fields.Nested(Progress)
     report = fields.Dict(allow_none=True)
     error = fields.Nested(ErrorBody, allow_none=True)
+    attempts = fields.Integer()
+    cancel_requested_at = fields.String(allow_none=True)
+    retry_at = fields.String(allow_none=True)
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -297,6 +310,16 @@ class RestorePage(Schema):
     total = fields.Integer()
     page = fields.Integer()
     per_page = fields.Integer()
+
+
+class JobLogLine(Schema):
+    at = fields.String()
+    level = fields.String(validate=validate.OneOf(("debug", "info", "warning", "error")))
+    message = fields.String()
+
+
+class JobLogPage(Schema):
+    items = fields.List(fields.Nested(JobLogLine))
 
 
 # -- audit, stats, health -----------------------------------------------------------------

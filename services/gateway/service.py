@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from services.gateway import schemas as s
 from services.gateway.api import ApiMixin, Call, api, json_response
+from services.gateway.jobs_api import JobsApi
 from services.gateway.openapi import build_spec
 from shared.config import Settings
 from shared.dependencies import SettingsProvider
@@ -43,7 +44,7 @@ def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return filters, query["page"], query["per_page"]
 
 
-class GatewayService(ApiMixin):
+class GatewayService(JobsApi, ApiMixin):
     name = "gateway"
 
     catalog_rpc = RpcProxy("catalog")
