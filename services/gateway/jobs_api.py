@@ -19,8 +19,10 @@ class JobsApi:
     catalog_rpc: Any
 
     def _cancel(self, call: Call, kind: str, job_id: str) -> Any:
+        # read first, so that a refusal (409) is audited in the job's tenant too
+        current = getattr(self.catalog_rpc, f"get_{kind}")(call.p, job_id)
+        call.tenant = current["tenant"]
         job = self.catalog_rpc.cancel_job(call.p, kind, job_id)
-        call.tenant = job["tenant"]
         call.audit_details = {"status": job["status"]}
         return job
 
