@@ -37,6 +37,8 @@ class Settings:
     job_max_attempts: int = 3
     job_retry_backoff_seconds: float = 10.0
     tenant_max_running: int = 0
+    webhook_max_attempts: int = 6
+    webhook_retry_seconds: float = 10.0
 
     def master_key(self) -> bytes:
         """The 32-byte master key; generated into ``master_key_file`` on first use."""
@@ -99,4 +101,6 @@ def settings(config: Mapping[str, Any] | None = None) -> Settings:
             _get(config, "COFFER_JOB_RETRY_BACKOFF_SECONDS", "10") or 10
         ),
         tenant_max_running=int(_get(config, "COFFER_TENANT_MAX_RUNNING", "0") or 0),
+        webhook_max_attempts=max(1, int(_get(config, "COFFER_WEBHOOK_MAX_ATTEMPTS", "6") or 6)),
+        webhook_retry_seconds=float(_get(config, "COFFER_WEBHOOK_RETRY_SECONDS", "10") or 10),
     )

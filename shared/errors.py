@@ -136,6 +136,12 @@ class RestoreNotFound(NotFound):
     code = "restore_not_found"
 
 
+class WebhookNotFound(NotFound):
+    """No such webhook in this tenant."""
+
+    code = "webhook_not_found"
+
+
 class TenantNotFound(NotFound):
     """No such tenant."""
 

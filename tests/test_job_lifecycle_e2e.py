@@ -102,6 +102,7 @@ def stack(
             "COFFER_JOB_RETRY_BACKOFF_SECONDS": "1",
             "COFFER_BACKUP_CONCURRENCY": "2",
             "COFFER_LOG_LEVEL": "INFO",
+            "COFFER_WEBHOOK_RETRY_SECONDS": "1",
         }
         procs = Processes(env, logs)
         try:
@@ -318,6 +319,107 @@ def _events(
         if event.get("job_id") in job_ids:
             seen[(event["job_id"], method.routing_key)] = event
     return seen
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that fails its first ``failures`` requests."""
+
+    def __init__(self, failures: int) -> None:
+        import http.server
+        import threading
+
+        self.failures = failures
+        self.received: list[tuple[dict[str, str], bytes, int]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                code = 500 if len(receiver.received) < receiver.failures else 200
+                receiver.received.append((dict(self.headers), raw, code))
+                self.send_response(code)
+                self.end_headers()
+                self.wfile.write(b"nope" if code == 500 else b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, self.received
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_webhooks_are_signed_retried_and_their_deliveries_visible(
+    stack: tuple[Processes, Api, dict[str, str]], tmp_path: Path
+) -> None:
+    import hashlib
+    import hmac
+
+    _procs, api, _env = stack
+    tenant, source = setup_tenant(api, make_tree(tmp_path / "small"))
+    operator = Api(api.base_url, _token(api, "operator", tenant))
+    for bad in (
+        {"url": "ftp://127.0.0.1/x", "events": ["backup.completed"]},
+        {"url": "not a url", "events": ["backup.completed"]},
+        {"url": "http://127.0.0.1/x", "events": ["backup.exploded"]},
+        {"url": "http://127.0.0.1/x", "events": []},
+        {"url": "http://127.0.0.1/x", "events": ["backup.completed"], "secret": "short"},
+    ):
+        resp = operator.post("/api/v1/webhooks", json=bad)
+        assert resp.status_code == 400 and error_code(resp) == "validation_failed", bad
+
+    receiver = Receiver(failures=1)
+    try:
+        secret = "s3cret-" + uuid.uuid4().hex
+        resp = operator.post(
+            "/api/v1/webhooks",
+            json={"url": receiver.url, "events": ["backup.completed"], "secret": secret},
+        )
+        assert resp.status_code == 201, resp.text
+        hook = resp.json()
+        assert hook["tenant"] == tenant and hook["secret"] == secret
+        listed = operator.get("/api/v1/webhooks").json()["items"]
+        assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
+
+        backup = start_backup(operator, source)
+        assert api.wait_for(f"/api/v1/backups/{backup['id']}")["status"] == "completed"
+        receiver.wait(2)  # the first answer is a 500: delivered again after a backoff
+    finally:
+        receiver.close()
+    assert [code for _h, _b, code in receiver.received] == [500, 200]
+    headers, raw, _ = receiver.received[1]
+    expected = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    assert headers["X-Coffer-Signature"] == expected
+    body = json.loads(raw)
+    assert body["event"] == headers["X-Coffer-Event"] == "backup.completed"
+    assert body["sent_at"] == headers["X-Coffer-Timestamp"]
+    assert body["data"]["job_id"] == backup["id"] and body["data"]["tenant"] == tenant
+    assert body["data"]["size"]["logical"] > 0 and body["data"]["source"] == "files"
+
+    deliveries = operator.get(f"/api/v1/webhooks/{hook['id']}/deliveries").json()
+    assert deliveries["total"] == 1
+    delivery = deliveries["items"][0]
+    assert delivery["status"] == "delivered" and delivery["job_id"] == backup["id"]
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 200]
+    assert delivery["attempts"][0]["error"].startswith("HTTP 500")
+
+    other_tenant, _ = setup_tenant(api, tmp_path / "small")
+    stranger = Api(api.base_url, _token(api, "operator", other_tenant))
+    resp = stranger.get(f"/api/v1/webhooks/{hook['id']}/deliveries")
+    assert resp.status_code == 404 and error_code(resp) == "webhook_not_found"
+    assert stranger.delete(f"/api/v1/webhooks/{hook['id']}").status_code == 404
+    assert operator.delete(f"/api/v1/webhooks/{hook['id']}").status_code == 200
+    resp = operator.get(f"/api/v1/webhooks/{hook['id']}/deliveries")
+    assert resp.status_code == 404 and error_code(resp) == "webhook_not_found"
 
 
 def test_killed_worker_job_is_retried_elsewhere_and_nothing_stays_running(

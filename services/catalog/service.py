@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from services.catalog import chunk_index, joblog, jobs, lifecycle, outbox
+from services.catalog import chunk_index, joblog, jobs, lifecycle, outbox, webhooks
 from services.catalog.db import CatalogDatabase
 from services.catalog.models import (
     ROLES,
@@ -43,6 +43,7 @@ from services.catalog.views import (
     tenant_view,
     token_view,
 )
+from services.catalog.webhook_rpc import WebhookRpc
 from shared import wire
 from shared.config import Settings
 from shared.crypto import SecretBox
@@ -84,7 +85,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class CatalogService:
+class CatalogService(WebhookRpc):
     name = "catalog"
 
     db: Session = CatalogDatabase()
@@ -799,6 +800,7 @@ class CatalogService:
             **extra,
         )
         outbox.enqueue(self.db, outbox.PUBLIC, event, body)
+        webhooks.enqueue(self.db, event, body)
 
     # -- verify, garbage collection, rebuild --------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shared.wire import NAME
+from shared.wire import BACKUP_EVENTS, NAME, RESTORE_EVENTS
 
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 MODES = ("dry-run", "merge", "replace")
@@ -320,6 +320,70 @@ class JobLogLine(Schema):
 
 class JobLogPage(Schema):
     items = fields.List(fields.Nested(JobLogLine))
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+WEBHOOK_EVENTS = BACKUP_EVENTS + RESTORE_EVENTS
+
+
+class WebhookCreate(Strict):
+    url = fields.Url(
+        required=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2000),
+        metadata={"description": "http or https; receives a signed JSON POST per event"},
+    )
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+    secret = fields.String(
+        validate=validate.Length(min=16, max=200),
+        metadata={"description": "HMAC-SHA256 key; generated (and shown once) when omitted"},
+    )
+    tenant = fields.String(validate=NAME, metadata={"description": "admins name the tenant"})
+
+
+class WebhookOut(Schema):
+    id = fields.String()
+    tenant = fields.String()
+    url = fields.String()
+    events = fields.List(fields.String())
+    created_at = fields.String()
+    secret = fields.String(metadata={"description": "shown once, at creation"})
+
+
+class WebhookList(Schema):
+    items = fields.List(fields.Nested(WebhookOut))
+
+
+class DeliveryAttempt(Schema):
+    at = fields.String()
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Float()
+
+
+class DeliveryOut(Schema):
+    id = fields.String()
+    webhook_id = fields.String()
+    event = fields.String()
+    job_id = fields.String(allow_none=True)
+    status = fields.String(validate=validate.OneOf(("pending", "delivered", "failed")))
+    attempts = fields.List(fields.Nested(DeliveryAttempt))
+    next_attempt_at = fields.String(allow_none=True)
+    created_at = fields.String()
+    delivered_at = fields.String(allow_none=True)
+
+
+class DeliveryPage(Schema):
+    items = fields.List(fields.Nested(DeliveryOut))
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
 
 
 # -- audit, stats, health -----------------------------------------------------------------

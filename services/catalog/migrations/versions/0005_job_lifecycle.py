@@ -1,4 +1,4 @@
-"""job lifecycle: cancel, retry backoff, rate and ETA, per-job logs
+"""job lifecycle: cancel, retry backoff, rate and ETA, per-job logs, webhooks
 
 Revision ID: 0005
 Revises: 0003 (0004 comes from the schedules branch; re-chain at merge)
@@ -38,9 +38,50 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("job_logs", schema=None) as batch_op:
         batch_op.create_index("ix_job_logs_job", ["kind", "job_id", "at"], unique=False)
+    op.create_table(
+        "webhooks",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant", sa.String(length=63), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("events", sa.JSON(), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["tenant"], ["tenants.name"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_webhooks_tenant"), ["tenant"], unique=False)
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("webhook_id", sa.String(length=32), nullable=False),
+        sa.Column("event", sa.String(length=64), nullable=False),
+        sa.Column("body", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(), nullable=True),
+        sa.Column("attempts", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(["webhook_id"], ["webhooks.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_webhook_deliveries_due", ["status", "next_attempt_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_webhook_deliveries_webhook_id"), ["webhook_id"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhook_deliveries_webhook_id"))
+        batch_op.drop_index("ix_webhook_deliveries_due")
+    op.drop_table("webhook_deliveries")
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhooks_tenant"))
+    op.drop_table("webhooks")
     with op.batch_alter_table("job_logs", schema=None) as batch_op:
         batch_op.drop_index("ix_job_logs_job")
     op.drop_table("job_logs")
