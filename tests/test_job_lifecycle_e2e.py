@@ -321,6 +321,42 @@ def _events(
     return seen
 
 
+def test_listing_sort_filters_and_stats_through_the_api(
+    stack: tuple[Processes, Api, dict[str, str]], tmp_path: Path
+) -> None:
+    _procs, api, _env = stack
+    tenant, source = setup_tenant(api, make_tree(tmp_path / "small"))
+    viewer = Api(api.base_url, _token(api, "viewer", tenant))
+    made = [start_backup(api, source)["id"] for _ in range(3)]
+    for job_id in made:  # one after another: one running backup per source
+        assert api.wait_for(f"/api/v1/backups/{job_id}")["status"] == "completed"
+    for bad in ({"sort": "bytes"}, {"sort": "size;drop"}, {"kind": "tape"}, {"status": "x"}):
+        resp = viewer.get("/api/v1/backups", params=bad)
+        assert resp.status_code == 400 and error_code(resp) == "validation_failed", bad
+        assert set(resp.json()["error"]["details"]) == set(bad)
+    resp = viewer.get("/api/v1/restores", params={"sort": "size"})  # restores have no size
+    assert resp.status_code == 400 and error_code(resp) == "validation_failed"
+
+    pages = [
+        viewer.get(
+            "/api/v1/backups", params={"sort": "created_at", "per_page": 1, "page": n}
+        ).json()["items"][0]["id"]
+        for n in (1, 2, 3)
+    ]
+    assert pages == made  # oldest first, one per page, none twice
+    newest = viewer.get("/api/v1/backups", params={"sort": "-created_at"}).json()["items"]
+    assert [b["id"] for b in newest] == made[::-1]
+    assert viewer.get("/api/v1/backups", params={"kind": "database"}).json()["total"] == 0
+    assert viewer.get("/api/v1/backups", params={"kind": "files"}).json()["total"] == 3
+
+    stats = viewer.get("/api/v1/stats").json()
+    assert stats["tenant"] == tenant and stats["running"] == []
+    assert stats["success_rates"] == {"7d": 1.0, "30d": 1.0}
+    assert stats["backups"]["by_status"]["completed"] == 3
+    (entry,) = stats["sources"]
+    assert entry["source"] == "files" and entry["age_seconds"] >= 0
+
+
 class Receiver:
     """A real HTTP server on 127.0.0.1 that fails its first ``failures`` requests."""
 

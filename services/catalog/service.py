@@ -33,8 +33,9 @@ from services.catalog.models import (
     new_id,
     utcnow,
 )
-from services.catalog.queries import ListQuery
+from services.catalog.queries import backup_listing, restore_listing
 from services.catalog.rebuild import rebuild
+from services.catalog.stats import stats as catalog_stats
 from services.catalog.views import (
     backup_view,
     iso,
@@ -477,16 +478,7 @@ class CatalogService(WebhookRpc):
         self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
     ) -> dict[str, Any]:
         who = Principal.from_dict(principal)
-        listing = ListQuery(Backup, filters, scope=who.tenant_filter(filters.get("tenant")))
-        if filters.get("source"):
-            listing.where(
-                or_(Backup.source_id == filters["source"], Backup.source_name == filters["source"])
-            )
-        if filters.get("group_id"):
-            listing.where(Backup.group_id == filters["group_id"])
-        if filters.get("q"):
-            pattern = f"%{filters['q']}%"
-            listing.where(or_(Backup.note.ilike(pattern), Backup.source_name.ilike(pattern)))
+        listing = backup_listing(filters, who.tenant_filter(filters.get("tenant")))
         return listing.page(self.db, backup_view, page, per_page)
 
     @rpc(expected_exceptions=CofferError)
@@ -586,9 +578,7 @@ class CatalogService(WebhookRpc):
         self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
     ) -> dict[str, Any]:
         who = Principal.from_dict(principal)
-        listing = ListQuery(Restore, filters, scope=who.tenant_filter(filters.get("tenant")))
-        if filters.get("backup_id"):
-            listing.where(Restore.backup_id == filters["backup_id"])
+        listing = restore_listing(filters, who.tenant_filter(filters.get("tenant")))
         return listing.page(self.db, restore_view, page, per_page)
 
     # -- jobs: claim, progress, results ----------------------------------------------------
@@ -1005,62 +995,4 @@ class CatalogService(WebhookRpc):
 
     @rpc(expected_exceptions=CofferError)
     def stats(self, principal: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
-        who = Principal.from_dict(principal)
-        scope = who.tenant_filter(tenant)
-
-        def scoped(query: Any, model: Any) -> Any:
-            return query if scope is None else query.where(model.tenant == scope)
-
-        by_status = {s: 0 for s in ("pending", "running", "completed", "failed", "cancelled")}
-        for status, count in self.db.execute(
-            scoped(select(Backup.status, func.count()).group_by(Backup.status), Backup)
-        ):
-            by_status[status] = count
-        ended = by_status["completed"] + by_status["failed"]
-        stored, logical = self.db.execute(
-            scoped(
-                select(
-                    func.coalesce(func.sum(Backup.size_stored), 0),
-                    func.coalesce(func.sum(Backup.size_logical), 0),
-                ).where(Backup.status == jobs.COMPLETED),
-                Backup,
-            )
-        ).one()
-        last_success = []
-        for source_id, name, tenant_name, finished in self.db.execute(
-            scoped(
-                select(
-                    Backup.source_id,
-                    Backup.source_name,
-                    Backup.tenant,
-                    func.max(Backup.finished_at),
-                )
-                .where(Backup.status == jobs.COMPLETED)
-                .group_by(Backup.source_id, Backup.source_name, Backup.tenant),
-                Backup,
-            )
-        ):
-            last_success.append(
-                {
-                    "source_id": source_id,
-                    "source": name,
-                    "tenant": tenant_name,
-                    "last_success_at": finished.isoformat(timespec="milliseconds") + "Z",
-                    "age_seconds": round((utcnow() - finished).total_seconds(), 1),
-                }
-            )
-        repository_bytes = chunk_index.stored_bytes(self.db, scope)
-        return {
-            "tenant": scope,
-            "backups": {"by_status": by_status, "total": sum(by_status.values())},
-            "success_rate": None if not ended else round(by_status["completed"] / ended, 4),
-            "bytes": {
-                "stored": int(stored),
-                "logical": int(logical),
-                "repository": repository_bytes,
-                "dedup_ratio": round(int(logical) / repository_bytes, 3)
-                if repository_bytes
-                else None,
-            },
-            "sources": sorted(last_success, key=lambda s: (s["tenant"], s["source"])),
-        }
+        return catalog_stats(self.db, Principal.from_dict(principal).tenant_filter(tenant))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from shared.listing import BACKUP_SORTS, KINDS, RESTORE_SORTS, sort_values
 from shared.wire import BACKUP_EVENTS, NAME, RESTORE_EVENTS
 
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -227,6 +228,13 @@ class BackupQuery(Paging):
     q = fields.String(validate=validate.Length(min=1, max=200))
     since = fields.DateTime()
     until = fields.DateTime()
+    kind = fields.String(
+        validate=validate.OneOf(KINDS), metadata={"description": "the source driver's kind"}
+    )
+    sort = fields.String(
+        validate=validate.OneOf(sort_values(BACKUP_SORTS)),
+        metadata={"description": "a field, `-` first for descending; ties broken by id"},
+    )
 
 
 class BackupPage(Schema):
@@ -303,6 +311,10 @@ class RestoreQuery(Paging):
     status = fields.String(validate=validate.OneOf(STATUSES))
     since = fields.DateTime()
     until = fields.DateTime()
+    source = fields.String(validate=validate.Length(min=1, max=128))
+    q = fields.String(validate=validate.Length(min=1, max=200))
+    kind = fields.String(validate=validate.OneOf(KINDS))
+    sort = fields.String(validate=validate.OneOf(sort_values(RESTORE_SORTS)))
 
 
 class RestorePage(Schema):
@@ -434,10 +446,18 @@ class StatsQuery(Strict):
 
 class Stats(Schema):
     tenant = fields.String(allow_none=True)
-    backups = fields.Dict()
-    success_rate = fields.Float(allow_none=True)
-    bytes = fields.Dict()
-    sources = fields.List(fields.Dict())
+    backups = fields.Dict(metadata={"description": "{by_status, total}"})
+    restores = fields.Dict(metadata={"description": "{by_status, total}"})
+    success_rate = fields.Float(allow_none=True, metadata={"description": "all time"})
+    success_rates = fields.Dict(
+        metadata={"description": "{7d, 30d}: completed / (completed + failed), null if none"}
+    )
+    bytes = fields.Dict(metadata={"description": "{stored, logical, repository, dedup_ratio}"})
+    running = fields.List(fields.Dict(), metadata={"description": "jobs running now"})
+    sources = fields.List(
+        fields.Dict(),
+        metadata={"description": "per source: last_success_at and age_seconds (the RPO)"},
+    )
 
 
 class Health(Schema):
