@@ -291,8 +291,13 @@ def test_requests_for_a_busy_source_wait_in_order_and_cancel_stops_the_worker(
             "completed"
         )
         seen = _events(channel, events, {first["id"], third["id"], second["id"]}, 6)
-        assert seen[(first["id"], "backup.cancelled")]["tenant"] == tenant
-        assert seen[(third["id"], "backup.cancelled")]["status"] == "cancelled"
+        stopped = seen[(first["id"], "backup.cancelled")]
+        assert stopped["tenant"] == tenant and stopped["source"] == "files"
+        assert stopped["kind"] == "backup" and stopped["source_id"] == source
+        assert stopped["size"] == {"logical": None, "stored": None}
+        assert stopped["duration_seconds"] > 0 and stopped["attempt"] == 1
+        never_ran = seen[(third["id"], "backup.cancelled")]
+        assert never_ran["status"] == "cancelled" and never_ran["duration_seconds"] is None
         completed = seen[(second["id"], "backup.completed")]
         assert completed["size"]["logical"] == BIG_FILES * BIG_FILE_BYTES
         assert completed["source"] == "files" and completed["duration_seconds"] > 0

@@ -170,5 +170,6 @@ class BackupService:
     @event_handler("catalog", "backup_queued")
     def handle_backup_queued(self, payload: dict[str, Any]) -> None:
         self.jobs.take(
-            lambda worker_id: self.catalog_rpc.claim_job("backup", payload["job_id"], worker_id)
+            lambda worker_id: self.catalog_rpc.claim_job("backup", payload["job_id"], worker_id),
+            wait=False,
         )

@@ -10,10 +10,11 @@ claim that passes the gates starts it, in the same conditional UPDATE:
 - a job requeued after its worker was lost waits until its ``retry_at`` (backoff);
 - a job whose cancel was requested is never started.
 
-A refused claim leaves the job pending; when a job ends, :func:`announce_waiting`
-announces the next ones of its tenant, and the catalog's redispatch timer catches
-anything else. On PostgreSQL the claim first locks the tenant row, so two claims in
-one tenant are serialised and the gates' counts are exact; SQLite has one writer.
+A refused claim (or a worker with no free slot) leaves the job pending; when a job
+ends, :func:`announce_waiting` announces the ones that may start, and the catalog's
+redispatch timer catches anything else. On PostgreSQL the claim first locks the
+tenant row, so two claims in one tenant are serialised and the gates' counts are
+exact; SQLite has one writer.
 
 Cancel. A pending job is cancelled at once. A running one gets ``cancel_requested_at``
 and a broadcast ``job_cancel_requested`` to the workers; the one running it kills its
@@ -40,7 +41,7 @@ from shared.errors import InvalidState
 
 #: A cancel not acted on within this many seconds is broadcast again.
 CANCEL_RESEND_AFTER = 5.0
-#: At most this many waiting jobs are announced per tenant when a job ends.
+#: At most this many waiting jobs are announced when a job ends.
 ANNOUNCE_LIMIT = 50
 
 
@@ -213,10 +214,11 @@ def waiting(session: Session, tenant: str | None, now: datetime) -> list[tuple[s
     return out[:ANNOUNCE_LIMIT]
 
 
-def announce_waiting(session: Session, tenant: str) -> None:
-    """A job of ``tenant`` ended: announce what may start now (claims decide)."""
+def announce_waiting(session: Session) -> None:
+    """A job ended, so a worker slot, a source or a tenant's share is free: announce
+    the jobs that may start now (the claims decide)."""
     now = utcnow()
-    for kind, job_id in waiting(session, tenant, now):
+    for kind, job_id in waiting(session, None, now):
         row = get_job(session, kind, job_id)
         if row is not None:
             row.dispatched_at = now

@@ -721,7 +721,7 @@ class CatalogService(WebhookRpc):
         self.db.refresh(row)
         self._announce(kind, row, status)
         joblog.add(self.db, kind, job_id, "info" if status == jobs.COMPLETED else "error", status)
-        lifecycle.announce_waiting(self.db, row.tenant)
+        lifecycle.announce_waiting(self.db)
         self.db.commit()
         self._flush()
         if kind == "backup" and status == jobs.COMPLETED:
@@ -772,11 +772,23 @@ class CatalogService(WebhookRpc):
         event = f"{kind}.{'started' if status == jobs.RUNNING else status}"
         if event not in wire.BACKUP_EVENTS + wire.RESTORE_EVENTS:
             return
-        extra: dict[str, Any] = {"attempt": row.attempts}
-        if status in jobs.FINAL and row.started_at and row.finished_at:
-            extra["duration_seconds"] = (row.finished_at - row.started_at).total_seconds()
-        if kind == "backup" and status == jobs.COMPLETED:
-            extra["size"] = {"logical": row.size_logical, "stored": row.size_stored}
+        extra: dict[str, Any] = {
+            "kind": kind,
+            "attempt": row.attempts,
+            "started_at": iso(row.started_at),
+            "finished_at": iso(row.finished_at),
+        }
+        if status in jobs.FINAL:
+            extra["duration_seconds"] = (
+                (row.finished_at - row.started_at).total_seconds()
+                if row.started_at and row.finished_at
+                else None
+            )
+        if kind == "backup":
+            extra.update(source_id=row.source_id, note=row.note)
+            if status in jobs.FINAL:  # sizes are null unless it completed
+                extra["size"] = {"logical": row.size_logical, "stored": row.size_stored}
+                extra["entries"] = row.entries
         if kind == "restore":
             extra["backup_id"] = row.backup_id
             extra["mode"] = row.mode

@@ -188,5 +188,6 @@ class RestoreService:
     @event_handler("catalog", "restore_queued")
     def handle_restore_queued(self, payload: dict[str, Any]) -> None:
         self.jobs.take(
-            lambda worker_id: self.catalog_rpc.claim_job("restore", payload["job_id"], worker_id)
+            lambda worker_id: self.catalog_rpc.claim_job("restore", payload["job_id"], worker_id),
+            wait=False,
         )

@@ -96,15 +96,24 @@ class JobHandle:
         """Stop ``job_id`` if its child runs in this instance; ``False`` if not here."""
         return self._provider.cancel(job_id)
 
-    def take(self, claim: Callable[[str], dict[str, Any] | None]) -> bool:
-        """Wait for a free slot, claim a job with ``claim(worker_id)``, start it.
+    def take(self, claim: Callable[[str], dict[str, Any] | None], wait: bool = True) -> bool:
+        """Take a free slot, claim a job with ``claim(worker_id)``, start it.
 
         Returns at once after starting, so the announcing message is acked while the
         job runs; the slot is released when the job ends (or at once if the claim
         came back empty: another instance has the job, or it ended meanwhile).
+
+        ``wait=False`` (backups and restores) gives up at once when every slot is busy:
+        the handler returns and the message is acked, so no announcement stays unacked
+        behind a long job; the job stays pending and the catalog announces it again
+        when a job ends, or after ``REDISPATCH_AFTER``.
         """
         provider = self._provider
-        provider.slots.acquire()
+        if not wait:
+            if not provider.slots.acquire(blocking=False):
+                return False
+        else:
+            provider.slots.acquire()
         try:
             spec = claim(provider.worker_id)
         except BaseException:
