@@ -35,6 +35,11 @@ class Settings:
     gc_interval_seconds: float
     gc_grace_seconds: float
     retention_interval_seconds: float = 600.0
+    job_max_attempts: int = 3
+    job_retry_backoff_seconds: float = 10.0
+    tenant_max_running: int = 0
+    webhook_max_attempts: int = 6
+    webhook_retry_seconds: float = 10.0
 
     def master_key(self) -> bytes:
         """The 32-byte master key; generated into ``master_key_file`` on first use."""
@@ -95,4 +100,11 @@ def settings(config: Mapping[str, Any] | None = None) -> Settings:
         retention_interval_seconds=float(
             _get(config, "COFFER_RETENTION_INTERVAL_SECONDS", "600") or 600
         ),
+        job_max_attempts=max(1, int(_get(config, "COFFER_JOB_MAX_ATTEMPTS", "3") or 3)),
+        job_retry_backoff_seconds=float(
+            _get(config, "COFFER_JOB_RETRY_BACKOFF_SECONDS", "10") or 10
+        ),
+        tenant_max_running=int(_get(config, "COFFER_TENANT_MAX_RUNNING", "0") or 0),
+        webhook_max_attempts=max(1, int(_get(config, "COFFER_WEBHOOK_MAX_ATTEMPTS", "6") or 6)),
+        webhook_retry_seconds=float(_get(config, "COFFER_WEBHOOK_RETRY_SECONDS", "10") or 10),
     )

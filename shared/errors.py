@@ -155,6 +155,12 @@ class ScheduleNotFound(NotFound):
     code = "schedule_not_found"
 
 
+class WebhookNotFound(NotFound):
+    """No such webhook in this tenant."""
+
+    code = "webhook_not_found"
+
+
 class TenantNotFound(NotFound):
     """No such tenant."""
 

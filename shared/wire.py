@@ -25,7 +25,7 @@ DEAD_LETTER_QUEUE = "coffer.dead-letter"
 BACKUP_REQUESTED = "backup.requested"
 RESTORE_REQUESTED = "restore.requested"
 BACKUP_EVENTS = ("backup.started", "backup.completed", "backup.failed", "backup.cancelled")
-RESTORE_EVENTS = ("restore.started", "restore.completed", "restore.failed")
+RESTORE_EVENTS = ("restore.started", "restore.completed", "restore.failed", "restore.cancelled")
 
 NAME = validate.Regexp(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", error="must be 1-63 of A-Z a-z 0-9 . _ -"

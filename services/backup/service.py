@@ -16,7 +16,7 @@ from nameko.rpc import RpcProxy, rpc
 
 from shared import wire
 from shared.errors import CofferError, ConfirmationRequired, Unsupported
-from shared.jobs.runner import JobHandle, JobRunner
+from shared.jobs.runner import JobHandle, JobRunner, on_cancel_requested
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import Principal, service_principal
 from shared.sources.registry import get_driver
@@ -163,8 +163,13 @@ class BackupService:
             }
         )
 
+    @on_cancel_requested
+    def handle_cancel_requested(self, payload: dict[str, Any]) -> None:
+        self.jobs.cancel(payload["job_id"])
+
     @event_handler("catalog", "backup_queued")
     def handle_backup_queued(self, payload: dict[str, Any]) -> None:
         self.jobs.take(
-            lambda worker_id: self.catalog_rpc.claim_job("backup", payload["job_id"], worker_id)
+            lambda worker_id: self.catalog_rpc.claim_job("backup", payload["job_id"], worker_id),
+            wait=False,
         )

@@ -52,16 +52,19 @@ def transition(
     *,
     worker_id: str | None = None,
     values: dict[str, Any] | None = None,
+    where: tuple[Any, ...] = (),
 ) -> bool:
     """Move ``job_id`` to ``to`` if its current status allows; ``True`` if it moved.
 
     With ``worker_id``, only the worker holding the job may move it (a worker whose
-    lease was reaped and whose job was handed to another cannot finish it).
+    lease was reaped and whose job was handed to another cannot finish it). ``where``
+    adds conditions evaluated in the same statement (the queueing gates of a claim).
     """
     now = utcnow()
     stmt = (
         update(model)
         .where(model.id == job_id, model.status.in_(TRANSITIONS[to]))
+        .where(*where)
         .values(status=to, updated_at=now, **(values or {}))
     )
     if worker_id is not None:
@@ -73,7 +76,12 @@ def transition(
 
 
 def claim(
-    session: Session, model: type[JobColumns], job_id: str, worker_id: str, lease_seconds: float
+    session: Session,
+    model: type[JobColumns],
+    job_id: str,
+    worker_id: str,
+    lease_seconds: float,
+    where: tuple[Any, ...] = (),
 ) -> bool:
     now = utcnow()
     return transition(
@@ -86,8 +94,41 @@ def claim(
             "started_at": now,
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
             "attempts": model.attempts + 1,
+            "retry_at": None,
         },
+        where=where,
     )
+
+
+def requeue(
+    session: Session,
+    model: type[JobColumns],
+    job_id: str,
+    worker_id: str | None,
+    retry_at: datetime,
+    error: dict[str, Any],
+) -> bool:
+    """The one backwards move: a running job whose worker was lost waits for a retry.
+
+    Only from ``running`` and only while ``worker_id`` still holds it, so a report
+    from the lost worker and the reaper cannot both act on one attempt.
+    """
+    stmt = (
+        update(model)
+        .where(model.id == job_id, model.status == RUNNING, model.worker_id == worker_id)
+        .values(
+            status=PENDING,
+            worker_id=None,
+            lease_expires_at=None,
+            dispatched_at=None,
+            retry_at=retry_at,
+            error=error,
+            rate_bytes_per_second=None,
+            eta_seconds=None,
+            updated_at=utcnow(),
+        )
+    )
+    return bool(session.execute(stmt).rowcount)
 
 
 def record_progress(
@@ -100,8 +141,16 @@ def record_progress(
     lease_seconds: float,
 ) -> bool:
     """Apply a progress report unless a newer one was already applied; extends the lease."""
-    allowed = {"bytes_done", "bytes_total", "items_done", "items_total"}
-    values = {k: v for k, v in figures.items() if k in allowed and v is not None}
+    allowed = {
+        "bytes_done",
+        "bytes_total",
+        "items_done",
+        "items_total",
+        "rate_bytes_per_second",
+        "eta_seconds",
+    }
+    nullable = ("rate_bytes_per_second", "eta_seconds")  # None there means "unknown"
+    values = {k: v for k, v in figures.items() if k in allowed and (v is not None or k in nullable)}
     stmt = (
         update(model)
         .where(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -96,6 +97,14 @@ class JobColumns:
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    #: Set by ``POST .../cancel`` on a running job: its worker kills the child, and a
+    #: reaped job that was being cancelled ends ``cancelled``, not retried.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: A job requeued after its worker was lost is not claimed before this time (backoff).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: The worker's smoothed throughput and its estimate of the time left (None: unknown).
+    rate_bytes_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Backup(JobColumns, Base):
@@ -224,3 +233,52 @@ class OutboxMessage(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+
+
+class JobLog(Base):
+    """A job's log lines (``GET /api/v1/backups/{id}/log``): worker lines and the catalog's
+    own (queued, retried, cancelled). At most ``joblog.MAX_LINES`` per job are kept."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job", "kind", "job_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class Webhook(Base):
+    """A tenant's subscription to public job events, POSTed signed to ``url``."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[Any]] = mapped_column(JSON)
+    #: The signing secret, sealed with the master key (bound to the webhook id).
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: pending -> delivered | failed, every attempt recorded."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: ``[{at, status_code, error, duration_ms}]``, one per attempt.
+    attempts: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from services.catalog import chunk_index, jobs, outbox
+from services.catalog import chunk_index, joblog, jobs, lifecycle, outbox, webhooks
 from services.catalog.db import CatalogDatabase
 from services.catalog.models import (
     ROLES,
@@ -33,10 +33,11 @@ from services.catalog.models import (
     new_id,
     utcnow,
 )
-from services.catalog.queries import ListQuery
+from services.catalog.queries import backup_listing, restore_listing
 from services.catalog.rebuild import rebuild
 from services.catalog.retention_rpc import RetentionRpc
 from services.catalog.schedule_rpc import ScheduleRpc
+from services.catalog.stats import stats as catalog_stats
 from services.catalog.views import (
     backup_view,
     iso,
@@ -45,6 +46,7 @@ from services.catalog.views import (
     tenant_view,
     token_view,
 )
+from services.catalog.webhook_rpc import WebhookRpc
 from shared import wire
 from shared.config import Settings
 from shared.crypto import SecretBox
@@ -87,7 +89,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class CatalogService(ScheduleRpc, RetentionRpc):
+class CatalogService(ScheduleRpc, RetentionRpc, WebhookRpc):
     name = "catalog"
 
     db: Session = CatalogDatabase()
@@ -479,16 +481,7 @@ class CatalogService(ScheduleRpc, RetentionRpc):
         self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
     ) -> dict[str, Any]:
         who = Principal.from_dict(principal)
-        listing = ListQuery(Backup, filters, scope=who.tenant_filter(filters.get("tenant")))
-        if filters.get("source"):
-            listing.where(
-                or_(Backup.source_id == filters["source"], Backup.source_name == filters["source"])
-            )
-        if filters.get("group_id"):
-            listing.where(Backup.group_id == filters["group_id"])
-        if filters.get("q"):
-            pattern = f"%{filters['q']}%"
-            listing.where(or_(Backup.note.ilike(pattern), Backup.source_name.ilike(pattern)))
+        listing = backup_listing(filters, who.tenant_filter(filters.get("tenant")))
         return listing.page(self.db, backup_view, page, per_page)
 
     @rpc(expected_exceptions=CofferError)
@@ -590,9 +583,7 @@ class CatalogService(ScheduleRpc, RetentionRpc):
         self, principal: dict[str, Any], filters: dict[str, Any], page: int = 1, per_page: int = 50
     ) -> dict[str, Any]:
         who = Principal.from_dict(principal)
-        listing = ListQuery(Restore, filters, scope=who.tenant_filter(filters.get("tenant")))
-        if filters.get("backup_id"):
-            listing.where(Restore.backup_id == filters["backup_id"])
+        listing = restore_listing(filters, who.tenant_filter(filters.get("tenant")))
         return listing.page(self.db, restore_view, page, per_page)
 
     # -- jobs: claim, progress, results ----------------------------------------------------
@@ -605,8 +596,7 @@ class CatalogService(ScheduleRpc, RetentionRpc):
         """
         model = jobs.job_model(kind)
         lease = self.settings.job_lease_seconds
-        if not jobs.claim(self.db, model, job_id, worker_id, lease):
-            self.db.rollback()
+        if not lifecycle.claim(self.db, kind, job_id, worker_id, self.settings):
             return None
         row = self.db.get(model, job_id)
         assert row is not None
@@ -735,6 +725,8 @@ class CatalogService(ScheduleRpc, RetentionRpc):
         assert row is not None
         self.db.refresh(row)
         self._announce(kind, row, status)
+        joblog.add(self.db, kind, job_id, "info" if status == jobs.COMPLETED else "error", status)
+        lifecycle.announce_waiting(self.db)
         self.db.commit()
         self._flush()
         if kind == "backup" and status == jobs.COMPLETED:
@@ -785,11 +777,23 @@ class CatalogService(ScheduleRpc, RetentionRpc):
         event = f"{kind}.{'started' if status == jobs.RUNNING else status}"
         if event not in wire.BACKUP_EVENTS + wire.RESTORE_EVENTS:
             return
-        extra: dict[str, Any] = {"attempt": row.attempts}
-        if status in jobs.FINAL and row.started_at and row.finished_at:
-            extra["duration_seconds"] = (row.finished_at - row.started_at).total_seconds()
-        if kind == "backup" and status == jobs.COMPLETED:
-            extra["size"] = {"logical": row.size_logical, "stored": row.size_stored}
+        extra: dict[str, Any] = {
+            "kind": kind,
+            "attempt": row.attempts,
+            "started_at": iso(row.started_at),
+            "finished_at": iso(row.finished_at),
+        }
+        if status in jobs.FINAL:
+            extra["duration_seconds"] = (
+                (row.finished_at - row.started_at).total_seconds()
+                if row.started_at and row.finished_at
+                else None
+            )
+        if kind == "backup":
+            extra.update(source_id=row.source_id, note=row.note)
+            if status in jobs.FINAL:  # sizes are null unless it completed
+                extra["size"] = {"logical": row.size_logical, "stored": row.size_stored}
+                extra["entries"] = row.entries
         if kind == "restore":
             extra["backup_id"] = row.backup_id
             extra["mode"] = row.mode
@@ -803,6 +807,7 @@ class CatalogService(ScheduleRpc, RetentionRpc):
             **extra,
         )
         outbox.enqueue(self.db, outbox.PUBLIC, event, body)
+        webhooks.enqueue(self.db, event, body)
 
     # -- verify, garbage collection, rebuild --------------------------------------------
 
@@ -935,96 +940,76 @@ class CatalogService(ScheduleRpc, RetentionRpc):
 
     @timer(interval=2)
     def reap_lost_workers(self) -> None:
-        """A running job whose lease ran out has lost its worker: it fails, never hangs."""
+        """A running job whose lease ran out has lost its worker: retried or ended, never
+        left hanging (see :mod:`services.catalog.lifecycle`)."""
         now = utcnow()
-        for kind, model in jobs.JOB_MODELS.items():
-            expired = self.db.scalars(select(model).where(jobs.expired(model, now))).all()
-            for row in cast(list[Backup | Restore], expired):
-                self._finish(
-                    kind,
-                    row.id,
-                    row.worker_id,
-                    jobs.FAILED,
-                    error={
-                        "code": "worker_lost",
-                        "message": "worker lost: no heartbeat within the lease",
-                        "details": {"worker_id": row.worker_id},
-                    },
-                )
+        for kind, row in lifecycle.expired(self.db, now):
+            if lifecycle.retry_lost(self.db, kind, row, self.settings):
+                self._audit_retry(kind, row)
+                continue
+            cancelled = row.cancel_requested_at is not None
+            error = None if cancelled else lifecycle.worker_lost(row.worker_id)
+            status = jobs.CANCELLED if cancelled else jobs.FAILED
+            self._finish(kind, row.id, row.worker_id, status, error=error)
+        for kind, row in lifecycle.unanswered_cancels(self.db, now):
+            lifecycle.send_cancel(self.db, kind, row)
+        self.db.commit()
+        self._flush()
 
-    @timer(interval=10)
+    def _audit_retry(self, kind: str, row: Backup | Restore) -> None:
+        self.audit.record(
+            f"{kind}.retry",
+            resource={"type": kind, "id": row.id},
+            outcome="failure",
+            tenant=row.tenant,
+            actor=SYSTEM.actor(),
+            request_id=row.request_id,
+            details={"error": lifecycle.worker_lost(row.worker_id), "attempt": row.attempts},
+        )
+
+    @timer(interval=2)
     def redispatch_pending(self) -> None:
-        cutoff = utcnow() - timedelta(seconds=REDISPATCH_AFTER)
-        for kind, model in jobs.JOB_MODELS.items():
-            rows = self.db.scalars(
-                select(model).where(model.status == jobs.PENDING, model.dispatched_at < cutoff)
-            ).all()
-            for row in cast(list[Backup | Restore], rows):
-                row.dispatched_at = utcnow()
+        """Announce again pending jobs not taken up (lost message, refused claim, retry due)."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=REDISPATCH_AFTER)
+        for kind, job_id in lifecycle.waiting(self.db, None, now):
+            row = lifecycle.get_job(self.db, kind, job_id)
+            if row is not None and (row.dispatched_at is None or row.dispatched_at < cutoff):
+                row.dispatched_at = now
                 outbox.enqueue(self.db, outbox.INTERNAL, f"{kind}_queued", {"job_id": row.id})
         self.db.commit()
         self._flush()
+
+    # -- cancel and job logs ------------------------------------------------------------------
+
+    def _job(self, who: Principal, kind: str, job_id: str) -> Backup | Restore:
+        return self._backup(who, job_id) if kind == "backup" else self._restore(who, job_id)
+
+    @rpc(expected_exceptions=CofferError)
+    def cancel_job(self, principal: dict[str, Any], kind: str, job_id: str) -> dict[str, Any]:
+        """Cancel a pending job now, or ask the worker of a running one to stop it."""
+        row = self._job(Principal.from_dict(principal), kind, job_id)
+        if lifecycle.request_cancel(self.db, kind, row) == jobs.PENDING:
+            self._finish(kind, row.id, None, jobs.CANCELLED)
+        self._flush()
+        self.db.refresh(row)
+        return backup_view(row) if isinstance(row, Backup) else restore_view(row)
+
+    @rpc(expected_exceptions=CofferError)
+    def job_log(self, principal: dict[str, Any], kind: str, job_id: str) -> dict[str, Any]:
+        row = self._job(Principal.from_dict(principal), kind, job_id)
+        return {"items": joblog.lines(self.db, kind, row.id)}
+
+    @event_handler("jobs", "job_log")
+    def handle_job_log(self, payload: dict[str, Any]) -> None:
+        if payload.get("kind") in jobs.JOB_MODELS:
+            joblog.add_lines(
+                self.db, payload["kind"], payload["job_id"], payload.get("lines") or []
+            )
+            self.db.commit()
 
     # -- statistics --------------------------------------------------------------------------
 
     @rpc(expected_exceptions=CofferError)
     def stats(self, principal: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
-        who = Principal.from_dict(principal)
-        scope = who.tenant_filter(tenant)
-
-        def scoped(query: Any, model: Any) -> Any:
-            return query if scope is None else query.where(model.tenant == scope)
-
-        by_status = {s: 0 for s in ("pending", "running", "completed", "failed", "cancelled")}
-        for status, count in self.db.execute(
-            scoped(select(Backup.status, func.count()).group_by(Backup.status), Backup)
-        ):
-            by_status[status] = count
-        ended = by_status["completed"] + by_status["failed"]
-        stored, logical = self.db.execute(
-            scoped(
-                select(
-                    func.coalesce(func.sum(Backup.size_stored), 0),
-                    func.coalesce(func.sum(Backup.size_logical), 0),
-                ).where(Backup.status == jobs.COMPLETED),
-                Backup,
-            )
-        ).one()
-        last_success = []
-        for source_id, name, tenant_name, finished in self.db.execute(
-            scoped(
-                select(
-                    Backup.source_id,
-                    Backup.source_name,
-                    Backup.tenant,
-                    func.max(Backup.finished_at),
-                )
-                .where(Backup.status == jobs.COMPLETED)
-                .group_by(Backup.source_id, Backup.source_name, Backup.tenant),
-                Backup,
-            )
-        ):
-            last_success.append(
-                {
-                    "source_id": source_id,
-                    "source": name,
-                    "tenant": tenant_name,
-                    "last_success_at": finished.isoformat(timespec="milliseconds") + "Z",
-                    "age_seconds": round((utcnow() - finished).total_seconds(), 1),
-                }
-            )
-        repository_bytes = chunk_index.stored_bytes(self.db, scope)
-        return {
-            "tenant": scope,
-            "backups": {"by_status": by_status, "total": sum(by_status.values())},
-            "success_rate": None if not ended else round(by_status["completed"] / ended, 4),
-            "bytes": {
-                "stored": int(stored),
-                "logical": int(logical),
-                "repository": repository_bytes,
-                "dedup_ratio": round(int(logical) / repository_bytes, 3)
-                if repository_bytes
-                else None,
-            },
-            "sources": sorted(last_success, key=lambda s: (s["tenant"], s["source"])),
-        }
+        return catalog_stats(self.db, Principal.from_dict(principal).tenant_filter(tenant))

@@ -13,6 +13,7 @@ def iso(value: datetime | None) -> str | None:
 
 
 def progress(job: JobColumns) -> dict[str, Any]:
+    running = job.status == "running"
     if job.status == "completed":
         percent: float | None = 100.0
     elif job.bytes_total:
@@ -27,6 +28,8 @@ def progress(job: JobColumns) -> dict[str, Any]:
         "bytes_total": job.bytes_total,
         "items_done": job.items_done,
         "items_total": job.items_total,
+        "rate_bytes_per_second": job.rate_bytes_per_second if running else None,
+        "eta_seconds": job.eta_seconds if running else None,
     }
 
 
@@ -41,6 +44,8 @@ def backup_view(row: Backup) -> dict[str, Any]:
         "request_id": row.request_id,
         "requested_by": row.requested_by,
         "progress": progress(row),
+        "cancel_requested_at": iso(row.cancel_requested_at),
+        "retry_at": iso(row.retry_at),
         "size": {"logical": row.size_logical, "stored": row.size_stored},
         "entries": row.entries,
         "checksum": row.checksum,
@@ -77,8 +82,11 @@ def restore_view(row: Restore) -> dict[str, Any]:
         "request_id": row.request_id,
         "requested_by": row.requested_by,
         "progress": progress(row),
+        "cancel_requested_at": iso(row.cancel_requested_at),
+        "retry_at": iso(row.retry_at),
         "report": row.report,
         "error": row.error,
+        "attempts": row.attempts,
         "created_at": iso(row.created_at),
         "started_at": iso(row.started_at),
         "finished_at": iso(row.finished_at),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shared.wire import NAME
+from shared.listing import BACKUP_SORTS, KINDS, RESTORE_SORTS, sort_values
+from shared.wire import BACKUP_EVENTS, NAME, RESTORE_EVENTS
 
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 MODES = ("dry-run", "merge", "replace")
@@ -116,6 +117,12 @@ class Progress(Schema):
     bytes_total = fields.Integer(allow_none=True)
     items_done = fields.Integer()
     items_total = fields.Integer(allow_none=True)
+    rate_bytes_per_second = fields.Float(
+        allow_none=True, metadata={"description": "smoothed throughput; null when unknown"}
+    )
+    eta_seconds = fields.Float(
+        allow_none=True, metadata={"description": "estimated time left; null when unknown"}
+    )
 
 
 class Size(Schema):
@@ -195,6 +202,10 @@ class BackupOut(Schema):
     attempts = fields.Integer()
     legal_hold = fields.Boolean(metadata={"description": "retention and DELETE leave it alone"})
     schedule_id = fields.String(allow_none=True)
+    cancel_requested_at = fields.String(allow_none=True)
+    retry_at = fields.String(
+        allow_none=True, metadata={"description": "a requeued job waits until then (backoff)"}
+    )
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -219,6 +230,13 @@ class BackupQuery(Paging):
     q = fields.String(validate=validate.Length(min=1, max=200))
     since = fields.DateTime()
     until = fields.DateTime()
+    kind = fields.String(
+        validate=validate.OneOf(KINDS), metadata={"description": "the source driver's kind"}
+    )
+    sort = fields.String(
+        validate=validate.OneOf(sort_values(BACKUP_SORTS)),
+        metadata={"description": "a field, `-` first for descending; ties broken by id"},
+    )
 
 
 class BackupPage(Schema):
@@ -281,6 +299,9 @@ class RestoreOut(Schema):
     progress = fields.Nested(Progress)
     report = fields.Dict(allow_none=True)
     error = fields.Nested(ErrorBody, allow_none=True)
+    attempts = fields.Integer()
+    cancel_requested_at = fields.String(allow_none=True)
+    retry_at = fields.String(allow_none=True)
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -292,10 +313,88 @@ class RestoreQuery(Paging):
     status = fields.String(validate=validate.OneOf(STATUSES))
     since = fields.DateTime()
     until = fields.DateTime()
+    source = fields.String(validate=validate.Length(min=1, max=128))
+    q = fields.String(validate=validate.Length(min=1, max=200))
+    kind = fields.String(validate=validate.OneOf(KINDS))
+    sort = fields.String(validate=validate.OneOf(sort_values(RESTORE_SORTS)))
 
 
 class RestorePage(Schema):
     items = fields.List(fields.Nested(RestoreOut))
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+
+
+class JobLogLine(Schema):
+    at = fields.String()
+    level = fields.String(validate=validate.OneOf(("debug", "info", "warning", "error")))
+    message = fields.String()
+
+
+class JobLogPage(Schema):
+    items = fields.List(fields.Nested(JobLogLine))
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+WEBHOOK_EVENTS = BACKUP_EVENTS + RESTORE_EVENTS
+
+
+class WebhookCreate(Strict):
+    url = fields.Url(
+        required=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2000),
+        metadata={"description": "http or https; receives a signed JSON POST per event"},
+    )
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+    secret = fields.String(
+        validate=validate.Length(min=16, max=200),
+        metadata={"description": "HMAC-SHA256 key; generated (and shown once) when omitted"},
+    )
+    tenant = fields.String(validate=NAME, metadata={"description": "admins name the tenant"})
+
+
+class WebhookOut(Schema):
+    id = fields.String()
+    tenant = fields.String()
+    url = fields.String()
+    events = fields.List(fields.String())
+    created_at = fields.String()
+    secret = fields.String(metadata={"description": "shown once, at creation"})
+
+
+class WebhookList(Schema):
+    items = fields.List(fields.Nested(WebhookOut))
+
+
+class DeliveryAttempt(Schema):
+    at = fields.String()
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Float()
+
+
+class DeliveryOut(Schema):
+    id = fields.String()
+    webhook_id = fields.String()
+    event = fields.String()
+    job_id = fields.String(allow_none=True)
+    status = fields.String(validate=validate.OneOf(("pending", "delivered", "failed")))
+    attempts = fields.List(fields.Nested(DeliveryAttempt))
+    next_attempt_at = fields.String(allow_none=True)
+    created_at = fields.String()
+    delivered_at = fields.String(allow_none=True)
+
+
+class DeliveryPage(Schema):
+    items = fields.List(fields.Nested(DeliveryOut))
     total = fields.Integer()
     page = fields.Integer()
     per_page = fields.Integer()
@@ -349,10 +448,18 @@ class StatsQuery(Strict):
 
 class Stats(Schema):
     tenant = fields.String(allow_none=True)
-    backups = fields.Dict()
-    success_rate = fields.Float(allow_none=True)
-    bytes = fields.Dict()
-    sources = fields.List(fields.Dict())
+    backups = fields.Dict(metadata={"description": "{by_status, total}"})
+    restores = fields.Dict(metadata={"description": "{by_status, total}"})
+    success_rate = fields.Float(allow_none=True, metadata={"description": "all time"})
+    success_rates = fields.Dict(
+        metadata={"description": "{7d, 30d}: completed / (completed + failed), null if none"}
+    )
+    bytes = fields.Dict(metadata={"description": "{stored, logical, repository, dedup_ratio}"})
+    running = fields.List(fields.Dict(), metadata={"description": "jobs running now"})
+    sources = fields.List(
+        fields.Dict(),
+        metadata={"description": "per source: last_success_at and age_seconds (the RPO)"},
+    )
 
 
 class Health(Schema):

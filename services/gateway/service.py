@@ -16,8 +16,10 @@ from werkzeug.wrappers import Response
 
 from services.gateway import schemas as s
 from services.gateway.api import ApiMixin, Call, api, json_response
+from services.gateway.jobs_api import JobsApi
 from services.gateway.openapi import build_spec
 from services.gateway.schedules_api import SchedulesApi
+from services.gateway.webhooks_api import WebhooksApi
 from shared.config import Settings
 from shared.dependencies import SettingsProvider
 from shared.errors import InvalidState, NotFound, Unsupported, ValidationFailed
@@ -44,7 +46,7 @@ def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return filters, query["page"], query["per_page"]
 
 
-class GatewayService(ApiMixin, SchedulesApi):
+class GatewayService(JobsApi, WebhooksApi, SchedulesApi, ApiMixin):
     name = "gateway"
 
     catalog_rpc = RpcProxy("catalog")

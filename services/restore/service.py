@@ -22,7 +22,7 @@ from shared.errors import (
     InvalidState,
     ValidationFailed,
 )
-from shared.jobs.runner import JobHandle, JobRunner
+from shared.jobs.runner import JobHandle, JobRunner, on_cancel_requested
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import service_principal
 from shared.sources.base import RestoreOptions
@@ -181,8 +181,13 @@ class RestoreService:
             details={"backup_id": restore["backup_id"], "mode": restore["mode"], "via": "message"},
         )
 
+    @on_cancel_requested
+    def handle_cancel_requested(self, payload: dict[str, Any]) -> None:
+        self.jobs.cancel(payload["job_id"])
+
     @event_handler("catalog", "restore_queued")
     def handle_restore_queued(self, payload: dict[str, Any]) -> None:
         self.jobs.take(
-            lambda worker_id: self.catalog_rpc.claim_job("restore", payload["job_id"], worker_id)
+            lambda worker_id: self.catalog_rpc.claim_job("restore", payload["job_id"], worker_id),
+            wait=False,
         )

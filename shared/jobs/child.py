@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import CofferError
@@ -35,6 +36,7 @@ class StdoutProgress:
         self.items_done = 0
         self.bytes_total: int | None = None
         self.items_total: int | None = None
+        self._quarter = 0
 
     def emit(self, message: dict[str, Any]) -> None:
         line = json.dumps(message, default=str) + "\n"
@@ -53,17 +55,40 @@ class StdoutProgress:
     def set_total(self, bytes_total: int | None = None, items_total: int | None = None) -> None:
         self.bytes_total, self.items_total = bytes_total, items_total
         self.emit({"type": "progress", **self._figures()})
+        known = [
+            f"{n} {what}"
+            for n, what in ((items_total, "items"), (bytes_total, "bytes"))
+            if n is not None
+        ]
+        self.log("info", "to do: " + (", ".join(known) or "size unknown"))
+
+    def _milestone(self) -> None:
+        """A log line each time another quarter of the known total is done."""
+        done, total = (self.bytes_done, self.bytes_total)
+        if not total:
+            done, total = self.items_done, self.items_total
+        if not total:
+            return
+        quarter = min(4, 4 * done // total)
+        if quarter > self._quarter:
+            self._quarter = quarter
+            self.log(
+                "info",
+                f"{25 * quarter}% done ({self.items_done} items, " f"{self.bytes_done} bytes)",
+            )
 
     def advance(self, bytes_done: int = 0, items_done: int = 0) -> None:
         self.bytes_done += bytes_done
         self.items_done += items_done
+        self._milestone()
         now = time.monotonic()
         if now - self._last >= PROGRESS_INTERVAL:
             self._last = now
             self.emit({"type": "progress", **self._figures()})
 
     def log(self, level: str, message: str) -> None:
-        self.emit({"type": "log", "level": level, "message": message})
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.emit({"type": "log", "level": level, "message": message, "at": at})
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -88,15 +113,19 @@ def main(work: Callable[[dict[str, Any], StdoutProgress], dict[str, Any]]) -> in
     signal.signal(signal.SIGTERM, lambda *_: progress.cancel())
     try:
         spec = json.loads(sys.stdin.read())
+        progress.log("info", f"started {spec.get('kind', 'job')} {spec.get('job', {}).get('id')}")
         result = work(spec, progress)
     except InterruptedError:
+        progress.log("warning", "stopped: cancelled")
         progress.emit({"type": "cancelled"})
         return 0
     except CofferError as exc:
+        progress.log("error", f"{exc.code}: {exc}")
         progress.emit({"type": "error", "error": exc.to_dict()})
         return 0
     except Exception as exc:  # unexpected: report it, with the traceback on stderr
         traceback.print_exc()
+        progress.log("error", f"internal error: {type(exc).__name__}: {exc}")
         progress.emit(
             {
                 "type": "error",
@@ -109,5 +138,6 @@ def main(work: Callable[[dict[str, Any], StdoutProgress], dict[str, Any]]) -> in
         )
         return 0
     progress.emit({"type": "progress", **progress._figures()})
+    progress.log("info", f"finished: {progress.items_done} items, {progress.bytes_done} bytes")
     progress.emit({"type": "result", "result": result})
     return 0

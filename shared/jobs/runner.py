@@ -15,14 +15,17 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import eventlet
 from eventlet.green import subprocess
 from eventlet.semaphore import Semaphore
+from nameko.events import BROADCAST, event_handler
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import event_dispatcher
 
@@ -31,6 +34,52 @@ from shared.config import settings
 log = logging.getLogger(__name__)
 
 JOBS_SOURCE = "jobs"  # events go to the ``jobs.events`` exchange the catalog listens on
+#: Seconds a cancelled child gets after SIGTERM before SIGKILL.
+CANCEL_GRACE = 3.0
+#: Child log lines forwarded per job (the catalog keeps its own bound too).
+MAX_LOG_LINES = 900
+
+
+class RateMeter:
+    """A smoothed bytes-per-second rate and the time left, from successive progress figures.
+
+    Both are ``None`` until two samples a second apart exist, and the time left also
+    while the total is unknown.
+    """
+
+    MIN_INTERVAL = 1.0
+    SMOOTHING = 0.3
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: tuple[float, int] | None = None
+        self.rate: float | None = None
+
+    def update(self, bytes_done: int | None, bytes_total: int | None) -> dict[str, Any]:
+        if bytes_done is not None:
+            now = self._clock()
+            if self._last is None:
+                self._last = (now, bytes_done)
+            elif now - self._last[0] >= self.MIN_INTERVAL:
+                instant = max(0.0, (bytes_done - self._last[1]) / (now - self._last[0]))
+                self.rate = (
+                    instant
+                    if self.rate is None
+                    else self.SMOOTHING * instant + (1 - self.SMOOTHING) * self.rate
+                )
+                self._last = (now, bytes_done)
+        eta = None
+        if self.rate and bytes_total is not None and bytes_done is not None:
+            eta = round(max(0, bytes_total - bytes_done) / self.rate, 1)
+        rate = None if self.rate is None else round(self.rate, 1)
+        return {"rate_bytes_per_second": rate, "eta_seconds": eta}
+
+
+#: Every instance of a job-running service hears a cancel (a broadcast queue of its own,
+#: dropped with the instance); only the one whose child runs the job acts on it.
+on_cancel_requested = event_handler(
+    "catalog", "job_cancel_requested", handler_type=BROADCAST, reliable_delivery=False
+)
 
 
 class JobHandle:
@@ -43,15 +92,28 @@ class JobHandle:
     def worker_id(self) -> str:
         return self._provider.worker_id
 
-    def take(self, claim: Callable[[str], dict[str, Any] | None]) -> bool:
-        """Wait for a free slot, claim a job with ``claim(worker_id)``, start it.
+    def cancel(self, job_id: str) -> bool:
+        """Stop ``job_id`` if its child runs in this instance; ``False`` if not here."""
+        return self._provider.cancel(job_id)
+
+    def take(self, claim: Callable[[str], dict[str, Any] | None], wait: bool = True) -> bool:
+        """Take a free slot, claim a job with ``claim(worker_id)``, start it.
 
         Returns at once after starting, so the announcing message is acked while the
         job runs; the slot is released when the job ends (or at once if the claim
         came back empty: another instance has the job, or it ended meanwhile).
+
+        ``wait=False`` (backups and restores) gives up at once when every slot is busy:
+        the handler returns and the message is acked, so no announcement stays unacked
+        behind a long job; the job stays pending and the catalog announces it again
+        when a job ends, or after ``REDISPATCH_AFTER``.
         """
         provider = self._provider
-        provider.slots.acquire()
+        if not wait:
+            if not provider.slots.acquire(blocking=False):
+                return False
+        else:
+            provider.slots.acquire()
         try:
             spec = claim(provider.worker_id)
         except BaseException:
@@ -80,6 +142,7 @@ class JobRunner(DependencyProvider):
         self.worker_id = f"{self.container.service_name}@{host}:{uuid.uuid4().hex[:8]}"
         self.dispatch = event_dispatcher(self.container.config)
         self.children: dict[str, Any] = {}
+        self.cancelling: set[str] = set()
 
     def get_dependency(self, worker_ctx: Any) -> JobHandle:
         return JobHandle(self)
@@ -87,6 +150,28 @@ class JobRunner(DependencyProvider):
     def kill(self) -> None:
         for proc in list(self.children.values()):
             proc.kill()
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop ``job_id``'s child if it runs here: SIGTERM, then SIGKILL after a grace.
+
+        The job then ends ``cancelled`` (unless its result was already reported);
+        whatever it had written stays unreferenced, for garbage collection.
+        """
+        proc = self.children.get(job_id)
+        if proc is None:
+            return False
+        self.cancelling.add(job_id)
+        try:
+            proc.terminate()
+        except ProcessLookupError:
+            return True
+
+        def force() -> None:
+            if proc.poll() is None:
+                proc.kill()
+
+        eventlet.spawn_after(CANCEL_GRACE, force)
+        return True
 
     # -- the watcher -------------------------------------------------------------------
 
@@ -104,10 +189,23 @@ class JobRunner(DependencyProvider):
         module = spec.get("module", self.work_module)
         base = {"kind": kind, "job_id": job_id, "worker_id": self.worker_id}
 
+        meter = RateMeter()
+        logged = 0
+
         def progress(figures: dict[str, Any]) -> None:
             nonlocal seq
             seq += 1
             self._send("job_progress", {**base, "seq": seq, "figures": figures})
+
+        def job_log(level: str, message: str, at: str | None = None, own: bool = False) -> None:
+            nonlocal logged
+            if not own:
+                if logged >= MAX_LOG_LINES:
+                    return
+                logged += 1
+            at = at or datetime.now(UTC).isoformat(timespec="milliseconds")
+            line = {"at": at, "level": level, "message": message}
+            self._send("job_log", {**base, "lines": [line]})
 
         def heartbeat() -> None:
             while True:
@@ -153,14 +251,20 @@ class JobRunner(DependencyProvider):
                     continue
                 kind = message.get("type")
                 if kind == "progress":
-                    progress({k: v for k, v in message.items() if k != "type"})
+                    figures = {k: v for k, v in message.items() if k != "type"}
+                    figures.update(
+                        meter.update(figures.get("bytes_done"), figures.get("bytes_total"))
+                    )
+                    progress(figures)
                 elif kind == "log":
+                    level = str(message.get("level", "info")).lower()
                     log.log(
-                        logging.getLevelName(str(message.get("level", "info")).upper()),
+                        logging.getLevelName(level.upper()),
                         "job %s: %s",
                         job_id,
                         message.get("message"),
                     )
+                    job_log(level, str(message.get("message")), message.get("at"))
                 elif kind == "result":
                     outcome = {"status": "completed", "result": message.get("result") or {}}
                 elif kind == "error":
@@ -169,8 +273,14 @@ class JobRunner(DependencyProvider):
                     outcome = {"status": "cancelled"}
             code = proc.wait()
             err_reader.wait()
-            if outcome["status"] == "failed" and outcome["error"]["code"] == "worker_crashed":
+            if job_id in self.cancelling and outcome["status"] != "completed":
+                outcome = {"status": "cancelled"}
+                job_log(
+                    "warning", f"cancelled: the job process was stopped (exit {code})", own=True
+                )
+            elif outcome["status"] == "failed" and outcome["error"]["code"] == "worker_crashed":
                 outcome["error"]["details"] = {"exit_code": code, "stderr": list(stderr_tail)}
+                job_log("error", f"the job process ended without a result (exit {code})", own=True)
         except Exception as exc:
             log.exception("job %s: runner failure", job_id)
             outcome = {
@@ -180,5 +290,6 @@ class JobRunner(DependencyProvider):
         finally:
             beat.kill()
             self.children.pop(job_id, None)
+            self.cancelling.discard(job_id)
             self.slots.release()
         self._send("job_finished", {**base, **outcome})
