@@ -18,6 +18,12 @@ RESTORE_SORTS = ("created_at", "started_at", "finished_at", "status", "source")
 DEFAULT_SORT = "-created_at"
 #: ``kind`` selects jobs by the kind of their source driver.
 KINDS = ("files", "database", "bucket")
+#: Which driver kinds each whole-tenant backup scope takes.
+GROUP_SCOPES = {
+    "all": ("files", "database", "bucket"),
+    "databases": ("database",),
+    "files": ("files", "bucket"),
+}
 
 
 def sort_values(names: tuple[str, ...]) -> list[str]:

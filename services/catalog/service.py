@@ -64,6 +64,7 @@ from shared.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from shared.listing import GROUP_SCOPES
 from shared.messaging import AuditTrail, CofferPublisher
 from shared.principal import SYSTEM, Principal
 from shared.repository import open_repository
@@ -75,12 +76,6 @@ log = logging.getLogger(__name__)
 #: A pending job whose "queued" event was not taken up within this many seconds is
 #: announced again (the claim is atomic, so a duplicate announcement is harmless).
 REDISPATCH_AFTER = 30.0
-#: Which driver kinds each whole-tenant backup scope takes.
-GROUP_SCOPES = {
-    "all": ("files", "database", "bucket"),
-    "databases": ("database",),
-    "files": ("files", "bucket"),
-}
 #: When this catalog process last queued garbage collection (monotonic seconds).
 _LAST_GC: dict[str, float] = {}
 

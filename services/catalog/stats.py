@@ -3,17 +3,29 @@ now, how much is stored, and how old each source's last good backup is (its RPO)
 
 from __future__ import annotations
 
-from datetime import timedelta
+import math
+from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.catalog import chunk_index, jobs
-from services.catalog.models import JOB_STATUSES, Backup, Restore, Source, utcnow
+from services.catalog.models import JOB_STATUSES, Backup, Restore, Schedule, Source, utcnow
+from services.catalog.schedules import Timing
 from services.catalog.views import iso, progress
+from shared.errors import CofferError
+from shared.listing import GROUP_SCOPES
+from shared.sources.registry import drivers
 
 WINDOWS = {"7d": 7, "30d": 30}
+#: A scheduled source is overdue when its last good backup is older than the longest gap
+#: between its schedule's next slots plus this share of it: a slot that starts late or
+#: runs long is not yet a missed promise, a whole missed slot is.
+RPO_SLACK = 0.25
+#: How many upcoming slots measure a schedule's promise (covers weekday-only crons).
+PROMISE_SLOTS = 8
 
 
 def _scoped(query: Any, model: Any, scope: str | None) -> Any:
@@ -59,8 +71,39 @@ def _running(session: Session, scope: str | None) -> list[dict[str, Any]]:
     return out
 
 
+def _promises(
+    session: Session, sources: list[Source], scope: str | None
+) -> dict[str, tuple[float, datetime]]:
+    """Source id -> (the RPO its enabled schedules promise, since when it is promised).
+
+    A source backed up by several schedules (its own, or whole-tenant ones whose scope
+    takes its driver's kind) is promised the shortest of their intervals."""
+    kinds = {name: driver.kind for name, driver in drivers().items()}
+    now = utcnow()
+    promised: dict[str, tuple[float, datetime]] = {}
+    query = _scoped(select(Schedule).where(Schedule.enabled.is_(True)), Schedule, scope)
+    for schedule in session.scalars(query):
+        try:
+            slots = Timing(schedule.cron, schedule.timezone).slots(now, PROMISE_SLOTS)
+        except CofferError:  # a schedule that never fires again promises nothing
+            continue
+        gap = max((b - a).total_seconds() for a, b in pairwise(slots))
+        for source in sources:
+            covered = (
+                schedule.source_id == source.id
+                if schedule.source_id
+                else source.tenant == schedule.tenant
+                and kinds.get(source.driver) in GROUP_SCOPES.get(schedule.scope or "", ())
+            )
+            if covered:
+                best, since = promised.get(source.id, (math.inf, schedule.created_at))
+                promised[source.id] = (min(best, gap), min(since, schedule.created_at))
+    return promised
+
+
 def _sources(session: Session, scope: str | None) -> list[dict[str, Any]]:
-    """Every source, with the age of its last successful backup (``None``: never)."""
+    """Every source, with the age of its last successful backup (``None``: never) and,
+    when a schedule covers it, the RPO it promises and whether that promise is broken."""
     last = dict(
         session.execute(
             _scoped(
@@ -73,9 +116,17 @@ def _sources(session: Session, scope: str | None) -> list[dict[str, Any]]:
         ).all()
     )
     now = utcnow()
+    sources = list(session.scalars(_scoped(select(Source), Source, scope)))
+    promises = _promises(session, sources, scope)
     out = []
-    for source in session.scalars(_scoped(select(Source), Source, scope)):
+    for source in sources:
         finished = last.get(source.id)
+        promise, since = promises.get(source.id, (None, None))
+        overdue = (
+            promise is not None
+            and since is not None
+            and (now - (finished or since)).total_seconds() > promise * (1 + RPO_SLACK)
+        )
         out.append(
             {
                 "source_id": source.id,
@@ -86,6 +137,8 @@ def _sources(session: Session, scope: str | None) -> list[dict[str, Any]]:
                 "age_seconds": None
                 if finished is None
                 else round((now - finished).total_seconds(), 1),
+                "rpo_promise_seconds": promise,
+                "overdue": overdue,
             }
         )
     return sorted(out, key=lambda s: (s["tenant"], s["source"]))

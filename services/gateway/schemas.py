@@ -458,7 +458,10 @@ class Stats(Schema):
     running = fields.List(fields.Dict(), metadata={"description": "jobs running now"})
     sources = fields.List(
         fields.Dict(),
-        metadata={"description": "per source: last_success_at and age_seconds (the RPO)"},
+        metadata={
+            "description": "per source: last_success_at, age_seconds (the RPO), "
+            "rpo_promise_seconds (from its schedules) and overdue"
+        },
     )
 
 

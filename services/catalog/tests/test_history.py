@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from services.catalog.db import upgrade_schema
-from services.catalog.models import Backup, Source, Tenant, utcnow
+from services.catalog.models import Backup, Schedule, Source, Tenant, utcnow
 from services.catalog.queries import ListQuery, backup_listing
 from services.catalog.stats import stats
 from shared.database import make_engine
@@ -137,3 +137,79 @@ def test_stats_windows_running_and_rpo(session: Session) -> None:
     assert set(rpo) == {"files", "db", "never"} and rpo["never"] is None
     assert 86_000 < rpo["files"] < 87_000 and rpo["db"] > 40 * 86_000
     assert stats(session, "other")["success_rates"] == {"7d": 0.0, "30d": 0.0}
+
+
+def test_rpo_promise_follows_the_schedules_that_cover_a_source(session: Session) -> None:
+    now = utcnow()
+    week_ago = now - timedelta(days=7)
+    # files: its own hourly schedule, last good backup 3 hours ago -> overdue.
+    session.add(
+        Schedule(
+            tenant="acme",
+            name="hourly",
+            source_id="fs",
+            cron="0 * * * *",
+            timezone="UTC",
+            created_by="t",
+            created_at=week_ago,
+        )
+    )
+    # db: only a whole-tenant "databases" schedule, daily; backed up 2 hours ago -> fine.
+    session.add(
+        Schedule(
+            tenant="acme",
+            name="dbs",
+            scope="databases",
+            cron="30 2 * * *",
+            timezone="Europe/Berlin",
+            created_by="t",
+            created_at=week_ago,
+        )
+    )
+    # a disabled schedule promises nothing.
+    session.add(
+        Schedule(
+            tenant="acme",
+            name="off",
+            source_id="never",
+            cron="* * * * *",
+            timezone="UTC",
+            enabled=False,
+            created_by="t",
+            created_at=week_ago,
+        )
+    )
+    session.commit()
+    add(session, "fs-old", status="completed", finished_at=now - timedelta(hours=3))
+    add(session, "db-new", status="completed", finished_at=now - timedelta(hours=2), source="db")
+    by_name = {s["source"]: s for s in stats(session, "acme")["sources"]}
+    assert by_name["files"]["rpo_promise_seconds"] == 3600 and by_name["files"]["overdue"]
+    # the longest gap between daily slots in Berlin is a day (25 h around a DST change)
+    assert 86_400 <= by_name["db"]["rpo_promise_seconds"] <= 90_000
+    assert by_name["db"]["overdue"] is False
+    assert by_name["never"]["rpo_promise_seconds"] is None
+    assert by_name["never"]["overdue"] is False
+
+    # never backed up: overdue once the schedule has existed longer than its promise
+    session.add(
+        Schedule(
+            tenant="acme",
+            name="new",
+            source_id="never",
+            cron="0 * * * *",
+            timezone="UTC",
+            created_by="t",
+            created_at=now - timedelta(minutes=10),
+        )
+    )
+    session.commit()
+    assert (
+        next(s for s in stats(session, "acme")["sources"] if s["source"] == "never")["overdue"]
+        is False
+    )
+    session.execute(update(Schedule).where(Schedule.name == "new").values(created_at=week_ago))
+    session.commit()
+    assert (
+        next(s for s in stats(session, "acme")["sources"] if s["source"] == "never")["overdue"]
+        is True
+    )
