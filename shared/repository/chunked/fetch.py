@@ -3,7 +3,7 @@
 Reading a backup is a long ordered list of chunk references. :class:`Prefetcher`
 walks ahead of the consumer over that list, merges references to neighbouring blobs
 of one pack into one ranged read (a pack written by one backup holds its chunks in
-backup order, so a restore of 20,000 small files takes a few hundred requests, not
+backup order, so a restore of 20,000 small files takes about ten requests, not
 20,000), and runs those reads in a thread pool with a bounded window of bytes. Each
 read's blobs are opened (GCM tag, decompression, keyed BLAKE3 against the id) in the
 pool thread, so what the consumer receives is already verified; a bad blob becomes
@@ -41,6 +41,9 @@ MAX_GAP = 256 * fmt.KiB
 WINDOW_BYTES = 32 * fmt.MiB
 #: Look-ahead limit in items (entries), whatever their size.
 MAX_ITEMS = 4096
+#: A read being built is started early (before the consumer needs it) once its
+#: range and plaintexts reach this, or it holds half of ``MAX_ITEMS`` references.
+MIN_GROUP_BYTES = 4 * fmt.MiB
 
 
 @dataclass(frozen=True)
@@ -226,12 +229,14 @@ class Prefetcher(Generic[T]):
         *,
         window_bytes: int = WINDOW_BYTES,
         max_items: int = MAX_ITEMS,
+        min_group_bytes: int = MIN_GROUP_BYTES,
     ) -> None:
         self._source = source
         self._pool = pool
         self._items = items
         self._window = window_bytes
         self._max_items = max_items
+        self._min_group_bytes = min_group_bytes
         #: Items pulled from the source but not yet handed to the consumer.
         self._ready: deque[tuple[T, list[Slot]]] = deque()
         #: Slots pulled but not yet assigned to a read, in order.
@@ -312,9 +317,23 @@ class Prefetcher(Generic[T]):
                     break
                 continue
             self._plan_one()
-        # Nothing more to plan for now: start the read being built.
-        if self._open is not None and self._inflight + self._open.cost < self._window:
-            group, self._open = self._open, None
+        # Nothing more to plan for now. Start the read being built only when it is
+        # worth a request on its own: nothing more can join it (the end), or it is
+        # big enough. Otherwise it keeps growing as the consumer frees look-ahead
+        # items, and :meth:`get` starts it if the consumer gets there first. (Starting
+        # it every time made one request per small file once the item limit was
+        # reached: 21,500 GETs to restore 73,000 files from S3.)
+        group = self._open
+        if (
+            group is not None
+            and self._inflight + group.cost < self._window
+            and (
+                self._exhausted
+                or group.cost >= self._min_group_bytes
+                or group.slots >= self._max_items // 2
+            )
+        ):
+            self._open = None
             self._submit(group)
 
     def _plan_one(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from shared.errors import BackupNotFound, IntegrityError, UnsafePath
 from shared.repository import BackupSummary, Entry, open_repository
-from shared.repository.chunked import ChunkedRepository
+from shared.repository.chunked import ChunkedRepository, fetch
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import BlobError, open_blob
 from shared.repository.chunked.writer import ChunkedWriter
@@ -897,6 +897,37 @@ def test_many_small_files_are_read_back_in_few_requests(
     monkeypatch.setattr(store, "read_range", counting)
     assert read_all(repo, "acme", "b1") == entries
     assert len(calls) <= 3  # the whole backup sits in one pack: coalesced reads
+
+
+def test_a_restore_of_more_files_than_the_look_ahead_still_coalesces(
+    repo: ChunkedRepository, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the prefetcher's item limit (4,096 entries) reads used to be started one
+    small file at a time: 21,500 GETs to restore 73,000 files from S3."""
+    count = 3 * fetch.MAX_ITEMS
+    entries = [
+        (Entry(f"d/f{i:05d}", "file", 0o644, i, 1000), os.urandom(1000)) for i in range(count)
+    ]
+    write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
+    packs = len(pack_keys(store, "acme"))
+    calls: list[int] = []
+    original = store.read_range
+
+    def counting(key: str, offset: int, length: int) -> bytes:
+        calls.append(length)
+        return original(key, offset, length)
+
+    monkeypatch.setattr(store, "read_range", counting)
+    restored = 0
+    with repo.reader("acme", "b1") as reader:
+        for (entry, content), (want, data) in zip(reader, entries, strict=True):
+            assert content is not None and entry.path == want.path
+            assert content.read() == data
+            restored += 1
+    assert restored == count
+    # 12 MB in one or two packs: a few reads of up to 8 MiB each, the entry stream's
+    # chunks, and reads cut where the look-ahead filled; not one read per file.
+    assert len(calls) <= 4 * packs + 12, (len(calls), packs)
 
 
 def test_chunk_index_and_stats(repo: ChunkedRepository, store: ObjectStore) -> None:
