@@ -879,14 +879,8 @@ def test_content_is_invalid_after_the_next_entry(repo: ChunkedRepository) -> Non
             first.read()
 
 
-def test_many_small_files_are_read_back_in_few_requests(
-    repo: ChunkedRepository, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    entries = [
-        (Entry(f"d/f{i:04d}", "file", 0o644, i, 100 + i % 7), os.urandom(100 + i % 7))
-        for i in range(2000)
-    ]
-    write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
+def count_reads(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every ranged read of ``store`` from now on (at the store interface)."""
     calls: list[int] = []
     original = store.read_range
 
@@ -895,6 +889,18 @@ def test_many_small_files_are_read_back_in_few_requests(
         return original(key, offset, length)
 
     monkeypatch.setattr(store, "read_range", counting)
+    return calls
+
+
+def test_many_small_files_are_read_back_in_few_requests(
+    repo: ChunkedRepository, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [
+        (Entry(f"d/f{i:04d}", "file", 0o644, i, 100 + i % 7), os.urandom(100 + i % 7))
+        for i in range(2000)
+    ]
+    write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
+    calls = count_reads(store, monkeypatch)
     assert read_all(repo, "acme", "b1") == entries
     assert len(calls) <= 3  # the whole backup sits in one pack: coalesced reads
 
@@ -910,14 +916,7 @@ def test_a_restore_of_more_files_than_the_look_ahead_still_coalesces(
     ]
     write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
     packs = len(pack_keys(store, "acme"))
-    calls: list[int] = []
-    original = store.read_range
-
-    def counting(key: str, offset: int, length: int) -> bytes:
-        calls.append(length)
-        return original(key, offset, length)
-
-    monkeypatch.setattr(store, "read_range", counting)
+    calls = count_reads(store, monkeypatch)
     restored = 0
     with repo.reader("acme", "b1") as reader:
         for (entry, content), (want, data) in zip(reader, entries, strict=True):
