@@ -43,6 +43,15 @@ log = logging.getLogger(__name__)
 PathKey = tuple[str, ...]
 
 
+def _plain(meta: dict[str, Any]) -> bool:
+    """Meta that is certainly JSON (string keys, int or str values, as the file tree
+    driver's ``{"inode": n}``): checked without encoding it once more per entry."""
+    for key, value in meta.items():
+        if type(key) is not str or type(value) not in (int, str):
+            return False
+    return True
+
+
 class _ParentCursor:
     """Merge-join over the parent's entry stream, by path component tuple.
 
@@ -243,7 +252,7 @@ class ChunkedWriter(BackupWriter):
             raise ValueError(f"symlink {entry.path!r} has no target")
         if not isinstance(entry.meta, dict):
             raise ValueError(f"entry {entry.path!r}: meta must be a dict")
-        if entry.meta:
+        if entry.meta and not _plain(entry.meta):
             try:
                 fmt.dumps(entry.meta)
             except (TypeError, ValueError) as exc:
@@ -283,7 +292,7 @@ class ChunkedWriter(BackupWriter):
         if changed:
             record["changed"] = True
             self.changed.append(entry.path)
-        self._write_line(fmt.dumps(record) + b"\n")
+        self._write_line(fmt.entry_line(record))
         self._entries += 1
         self._logical_bytes += size
 

@@ -1081,3 +1081,36 @@ def test_a_stream_of_unknown_length_is_stored_as_read(repo: ChunkedRepository) -
     assert entry.size == len(payload) and content == payload
     with repo.writer("acme", "bad") as writer, pytest.raises(ValueError):
         writer.add(Entry(path="d", type="dir", size=UNKNOWN_SIZE))
+
+
+ENTRY_BASE: dict[str, Any] = {
+    "path": 'a/b"c\\d',
+    "type": "file",
+    "mode": 0o644,
+    "mtime_ns": 1_700_000_000_123_456_789,
+    "size": 5,
+    "target": None,
+    "meta": {"inode": 3},
+    "chunks": [["ab" * 32, 5]],
+}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ENTRY_BASE,
+        {**ENTRY_BASE, "path": NON_UTF8, "type": "symlink", "target": "x/\u00e9\n\u2603"},
+        {**ENTRY_BASE, "meta": {"inode": 1, "owner": "r\u00f6ot"}, "mtime_ns": -1},
+        {**ENTRY_BASE, "chunks": [["ab", 1], ["cd", 2]], "meta": {}, "changed": True},
+        # Shapes the fast path does not take: the generic encoder must.
+        {**ENTRY_BASE, "meta": {"xattrs": {"user.k": "v"}}},
+        {**ENTRY_BASE, "mode": True},
+        {**ENTRY_BASE, "mtime_ns": 1.5},
+        {**ENTRY_BASE, "chunks": [("ab", 1)]},
+        {**ENTRY_BASE, "changed": False},
+        {"type": "file", "path": "reordered"},
+    ],
+)
+def test_entry_lines_are_what_the_generic_encoder_writes(record: dict[str, Any]) -> None:
+    """The fast entry-line encoder is a speed-up only: same bytes as ``dumps``."""
+    assert fmt.entry_line(record) == fmt.dumps(record) + b"\n"
