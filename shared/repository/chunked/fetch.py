@@ -392,6 +392,11 @@ class TreeReader:
         return value
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        for record, _ in self.with_lines():
+            yield record
+
+    def with_lines(self) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Each record with its line as stored (without the newline)."""
         hasher = self._source.keys.hasher()
         pending: deque[Future[bytes]] = deque()
         refs = iter(self._tree)
@@ -410,7 +415,7 @@ class TreeReader:
                 lines = (tail + data).split(b"\n")
                 tail = lines.pop()
                 for line in lines:
-                    yield self._parse(line)
+                    yield self._parse(line), line
             if tail:
                 raise self._corrupt("the entry stream does not end with a newline")
         finally:

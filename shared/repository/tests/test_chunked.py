@@ -339,6 +339,45 @@ def test_incremental_backup_does_not_read_unchanged_files(repo: ChunkedRepositor
     assert repo.verify("acme", "b2")["ok"]
 
 
+def test_unchanged_files_keep_the_parents_lines_and_changed_metadata_is_written(
+    repo: ChunkedRepository,
+) -> None:
+    """An unchanged file's line is copied from the parent (not encoded again): the
+    whole entry stream is then the parent's, byte for byte. A file whose content is
+    reused but whose mode changed gets a line of its own."""
+    files = [(f"f{i}", NON_UTF8 + str(i), f"content {i}".encode()) for i in range(5)]
+
+    def entries(mode_of_f2: int) -> list[tuple[Entry, bytes | BinaryIO | None]]:
+        return [
+            (
+                Entry(
+                    name,
+                    "file",
+                    mode_of_f2 if name == "f2" else 0o644,
+                    10,
+                    len(data),
+                    meta={"inode": i, "owner": owner},
+                ),  # fmt: skip
+                data,
+            )
+            for i, (name, owner, data) in enumerate(files)
+        ]
+
+    first = write_backup(repo, "acme", "b1", entries(0o644))
+    unchanged = [(e, Exploding()) for e, _ in entries(0o644)]
+    second = write_backup(repo, "acme", "b2", unchanged, parent_id="b1")  # type: ignore[arg-type]
+    assert second.manifest["unchanged_files"] == 5
+    assert second.checksum == first.checksum and second.manifest["tree"] == first.manifest["tree"]
+    chmodded = [(e, Exploding()) for e, _ in entries(0o600)]
+    third = write_backup(repo, "acme", "b3", chmodded, parent_id="b2")  # type: ignore[arg-type]
+    assert third.manifest["unchanged_files"] == 5 and third.checksum != first.checksum
+    restored = read_all(repo, "acme", "b3")
+    assert [(e.path, e.mode, e.meta, data) for e, data in restored] == [
+        (name, 0o600 if name == "f2" else 0o644, {"inode": i, "owner": owner}, data)
+        for i, (name, owner, data) in enumerate(files)
+    ]
+
+
 def test_incremental_with_unusable_parent_reads_everything(repo: ChunkedRepository) -> None:
     entries: list[tuple[Entry, bytes | BinaryIO | None]] = [
         (Entry("f", "file", 0o644, 1, 3, meta={"inode": 1}), b"abc")
