@@ -44,6 +44,10 @@ MAX_ITEMS = 4096
 #: A read being built is started early (before the consumer needs it) once its
 #: range and plaintexts reach this, or it holds half of ``MAX_ITEMS`` references.
 MIN_GROUP_BYTES = 4 * fmt.MiB
+#: Reads being built at once, and how many chunk references later one that got
+#: none is started anyway.
+MAX_OPEN = 8
+SIDE_AGE = 64
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Bad:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Group:
     """One ranged read: blobs of one pack between ``start`` and ``end``."""
 
@@ -74,6 +78,8 @@ class Group:
     raw: int = 0
     slots: int = 0
     future: Future[dict[bytes, bytes | Bad]] | None = None
+    #: When a slot last joined (the prefetcher's planning count).
+    last: int = 0
 
     @property
     def cost(self) -> int:
@@ -241,7 +247,11 @@ class Prefetcher(Generic[T]):
         self._ready: deque[tuple[T, list[Slot]]] = deque()
         #: Slots pulled but not yet assigned to a read, in order.
         self._unplanned: deque[Slot] = deque()
-        self._open: Group | None = None
+        #: Reads being built, least recently extended first. A chunk that lives
+        #: elsewhere (a file deduplicated against an earlier one) gets a read of its
+        #: own without cutting the sequential read it interrupts.
+        self._open: list[Group] = []
+        self._planned = 0
         self._inflight = 0
         self._submitted: deque[Group] = deque()
         self._exhausted = False
@@ -264,8 +274,8 @@ class Prefetcher(Generic[T]):
         group = slot.group
         assert group is not None
         if group.future is None:
-            if group is self._open:
-                self._open = None
+            if group in self._open:
+                self._open.remove(group)
             self._submit(group)
         assert group.future is not None
         result = group.future.result()
@@ -309,7 +319,7 @@ class Prefetcher(Generic[T]):
 
     def _top_up(self) -> None:
         while True:
-            pending = self._open.cost if self._open is not None else 0
+            pending = sum(group.cost for group in self._open)
             if self._inflight + pending >= self._window:
                 return
             if not self._unplanned:
@@ -323,18 +333,16 @@ class Prefetcher(Generic[T]):
         # items, and :meth:`get` starts it if the consumer gets there first. (Starting
         # it every time made one request per small file once the item limit was
         # reached: 21,500 GETs to restore 73,000 files from S3.)
-        group = self._open
-        if (
-            group is not None
-            and self._inflight + group.cost < self._window
-            and (
+        for group in list(self._open):
+            idle = self._planned - group.last > SIDE_AGE
+            worth = (
                 self._exhausted
                 or group.cost >= self._min_group_bytes
                 or group.slots >= self._max_items // 2
             )
-        ):
-            self._open = None
-            self._submit(group)
+            if idle or (worth and self._inflight + group.cost < self._window):
+                self._open.remove(group)
+                self._submit(group)
 
     def _plan_one(self) -> None:
         if not self._unplanned and not self._pull():
@@ -347,11 +355,17 @@ class Prefetcher(Generic[T]):
             slot.bad = Bad("missing", slot.chunk_id.hex(), "is not in the repository index")
             return
         pack_id, offset, length = loc
-        group = self._open
-        if group is None or not group.fits(pack_id, offset, length, slot.raw_length):
-            if group is not None:
-                self._submit(group)
-            group = self._open = Group(pack_id, offset, offset + length)
+        self._planned += 1
+        for group in reversed(self._open):
+            if group.fits(pack_id, offset, length, slot.raw_length):
+                self._open.remove(group)
+                break
+        else:
+            group = Group(pack_id, offset, offset + length)
+            if len(self._open) >= MAX_OPEN:
+                self._submit(self._open.pop(0))
+        self._open.append(group)
+        group.last = self._planned
         group.add(slot.chunk_id, offset, length, slot.raw_length)
         slot.group = group
 
