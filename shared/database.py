@@ -4,6 +4,15 @@ eventlet is cooperative: a C database driver blocks the hub, so PostgreSQL URLs 
 steered to the pure-Python ``pg8000`` driver, whose sockets eventlet can green.
 SQLite is local and fast; it gets WAL and a busy timeout so concurrent greenthreads
 wait for the write lock instead of failing.
+
+That wait happens inside C and blocks the process's only OS thread (the eventlet
+hub with it). So the rule for every SQLite user here: never hold a write
+transaction across I/O that yields (a store read on S3, an RPC, a publish). A
+greenthread that did would be switched out while holding the lock, the next writer
+would block the whole process for the full timeout and fail with ``database is
+locked``, and the holder could not run to release it in the meantime (see
+``services.catalog.chunk_index.mirror_packs``). Write transactions with no I/O in
+them hold the lock for milliseconds, during which no other greenthread runs.
 """
 
 from __future__ import annotations

@@ -57,8 +57,26 @@ def _insert_new(session: Session, tenant: str, batch: list[dict[str, Any]]) -> i
 
 
 def mirror_packs(session: Session, repository: Any, tenant: str, packs: list[str]) -> int:
-    rows = (row for pack in packs for row in repository.pack_index(tenant, pack))
-    return add_rows(session, tenant, rows)
+    """Mirror ``packs``: each pack's index is read from the store first, then inserted
+    and committed in its own short transaction.
+
+    Never hold a write transaction across a store read. On S3 that read is green
+    I/O: the hub runs other greenthreads meanwhile, and one that writes to the same
+    SQLite file waits for the lock inside C (``busy_timeout``), blocking the
+    process's only OS thread, so the holder can never finish and release it
+    (every catalog write failed with ``database is locked`` for minutes after a
+    large first backup). Inserting and committing with no I/O in between keeps the
+    lock held for a few milliseconds of CPU, during which no other greenthread runs.
+    Memory is one pack's index at a time (a few thousand rows at most).
+    """
+    session.commit()  # end whatever the caller left open before the first read
+    added = 0
+    for pack in packs:
+        rows = repository.pack_index(tenant, pack)  # store I/O: no transaction open
+        if rows:
+            added += add_rows(session, tenant, rows)
+            session.commit()
+    return added
 
 
 def forget_packs(session: Session, tenant: str, packs: list[str]) -> None:

@@ -82,6 +82,14 @@ on_cancel_requested = event_handler(
 )
 
 
+#: Defaults for job children (the environment wins). glibc gives each thread that
+#: allocates its own malloc arena; the seal, upload and fetch threads each grew
+#: one, and the child's peak RSS grew with the backup's size although its live
+#: data did not (two arenas: 142 MB instead of 155 MB for a 614 MB first backup,
+#: with CPU time the same within this shared machine's noise).
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
 class JobHandle:
     """What a worker gets: ``take(claim)``."""
 
@@ -228,7 +236,7 @@ class JobRunner(DependencyProvider):
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**CHILD_ENV, **os.environ, "PYTHONUNBUFFERED": "1"},
             )
             self.children[job_id] = proc
             job_input = {

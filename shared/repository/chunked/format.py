@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii as _encode_str  # the C one
+from typing import Any, cast
 
 from shared.errors import IntegrityError, UnsafePath
 
@@ -102,6 +103,69 @@ def dumps(value: Any) -> bytes:
     """Compact JSON; ``ensure_ascii`` because paths may hold lone surrogates
     (non-UTF-8 names), which UTF-8 cannot encode but ``\\udcxx`` escapes can."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+_ENTRY_KEYS = ("path", "type", "mode", "mtime_ns", "size", "target", "meta", "chunks")
+
+
+def _json_scalar(value: object) -> str | None:
+    """JSON of a str, a non-bool int or None as :func:`dumps` writes it; None otherwise."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(cast(str, value))
+    if kind is int:
+        return int.__repr__(cast(int, value))
+    if value is None:
+        return "null"
+    return None
+
+
+def entry_line(record: dict[str, Any]) -> bytes:
+    """``dumps(record) + b"\n"`` for one entry-stream record, byte for byte, faster.
+
+    One line is written per entry of every backup; the generic encoder spent more
+    CPU on them than chunking did on small files. The usual shapes (the keys in
+    ``_ENTRY_KEYS`` order, then optionally ``changed``; flat meta; ``[hex id, int]``
+    chunks) are formatted directly; anything else goes through :func:`dumps`.
+    """
+    keys = tuple(record)
+    if keys[:8] != _ENTRY_KEYS or keys[8:] not in ((), ("changed",)):
+        return dumps(record) + b"\n"
+    parts = []
+    for key in _ENTRY_KEYS[:6]:
+        encoded = _json_scalar(record[key])
+        if encoded is None:
+            return dumps(record) + b"\n"
+        parts.append(encoded)
+    meta = record["meta"]
+    if type(meta) is not dict:
+        return dumps(record) + b"\n"
+    items = []
+    for key, value in meta.items():
+        encoded = _json_scalar(value) if type(key) is str else None
+        if encoded is None:
+            return dumps(record) + b"\n"
+        items.append(f"{_encode_str(key)}:{encoded}")
+    chunks = []
+    for ref in record["chunks"]:
+        if type(ref) is not list or len(ref) != 2 or type(ref[1]) is not int:
+            return dumps(record) + b"\n"
+        cid = _json_scalar(ref[0])
+        if cid is None:
+            return dumps(record) + b"\n"
+        chunks.append(f"[{cid},{int.__repr__(ref[1])}]")
+    changed = ""
+    if len(keys) == 9:
+        if record["changed"] is not True:
+            return dumps(record) + b"\n"
+        changed = ',"changed":true'
+    path, kind, mode, mtime_ns, size, target = parts
+    line = (
+        f'{{"path":{path},"type":{kind},"mode":{mode},"mtime_ns":{mtime_ns},'
+        f'"size":{size},"target":{target},"meta":{{{",".join(items)}}},'
+        f'"chunks":[{",".join(chunks)}]{changed}}}\n'
+    )
+    return line.encode("ascii")
 
 
 # -- names -------------------------------------------------------------------------

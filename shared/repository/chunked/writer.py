@@ -41,6 +41,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PathKey = tuple[str, ...]
+#: The keys of an entry-stream record, as :meth:`ChunkedWriter.add` writes them.
+_LINE_KEYS = ("path", "type", "mode", "mtime_ns", "size", "target", "meta", "chunks")
+
+
+def _plain(meta: dict[str, Any]) -> bool:
+    """Meta that is certainly JSON (string keys, int or str values, as the file tree
+    driver's ``{"inode": n}``): checked without encoding it once more per entry."""
+    for key, value in meta.items():
+        if type(key) is not str or type(value) not in (int, str):
+            return False
+    return True
 
 
 class _ParentCursor:
@@ -52,10 +63,12 @@ class _ParentCursor:
     chunk id instead, which is slower but still correct.
     """
 
-    def __init__(self, records: Iterator[dict[str, Any]], backup_id: str) -> None:
+    def __init__(self, records: Iterator[tuple[dict[str, Any], bytes]], backup_id: str) -> None:
         self._records = records
         self._backup_id = backup_id
         self._current: dict[str, Any] | None = None
+        #: The current record's line as the parent stored it.
+        self.line = b""
         self._key: PathKey = ()
         self._done = False
         self._advance()
@@ -63,7 +76,7 @@ class _ParentCursor:
     def _advance(self) -> None:
         while True:
             try:
-                record = next(self._records, None)
+                record, self.line = next(self._records, (None, b""))
             except (CofferError, OSError) as exc:
                 log.warning(
                     "parent backup %s cannot be read (%s): reading every file instead",
@@ -172,16 +185,14 @@ class ChunkedWriter(BackupWriter):
             return
         self._parent_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="coffer-parent")
         source = ChunkSource(self._repo.store, self._keys, self._index)
-        records = iter(
-            TreeReader(
-                source,
-                self._parent_pool,
-                tree,
-                manifest.get("checksum"),
-                f"backup {parent_id}",
-                {"tenant": self.tenant, "backup_id": parent_id},
-            )
-        )
+        records = TreeReader(
+            source,
+            self._parent_pool,
+            tree,
+            manifest.get("checksum"),
+            f"backup {parent_id}",
+            {"tenant": self.tenant, "backup_id": parent_id},
+        ).with_lines()
         self._parent = _ParentCursor(records, parent_id)
         self.parent_id = parent_id
 
@@ -193,8 +204,10 @@ class ChunkedWriter(BackupWriter):
             self._parent_pool.shutdown(wait=True, cancel_futures=True)
             self._parent_pool = None
 
-    def _reusable(self, entry: Entry) -> list[tuple[bytes, int]] | None:
-        """The parent's chunk list for an unchanged file, or ``None``."""
+    def _reusable(self, entry: Entry) -> tuple[list[tuple[bytes, int]], bytes | None] | None:
+        """The parent's chunk list for an unchanged file, or ``None``; with the
+        parent's line when it is exactly the line this entry gets (then it is written
+        as is: encoding it again was a good part of an unchanged backup)."""
         if self._parent is None:
             return None
         record = self._parent.find(tuple(entry.path.split("/")))
@@ -217,7 +230,15 @@ class ChunkedWriter(BackupWriter):
         index, new = self._index, self._new
         if not all(cid in index or cid in new for cid, _ in refs):
             return None  # the repository lost some of them: read the file again
-        return refs
+        same = (
+            len(record) == len(_LINE_KEYS)
+            and all(type(record.get(name)) is int for name in ("mode", "mtime_ns", "size"))
+            and record.get("mode") == entry.mode
+            and record.get("target", 0) is None
+            and meta == entry.meta
+            and record.get("path") == entry.path
+        )
+        return refs, (self._parent.line + b"\n" if same else None)
 
     # -- adding --------------------------------------------------------------------
 
@@ -243,7 +264,7 @@ class ChunkedWriter(BackupWriter):
             raise ValueError(f"symlink {entry.path!r} has no target")
         if not isinstance(entry.meta, dict):
             raise ValueError(f"entry {entry.path!r}: meta must be a dict")
-        if entry.meta:
+        if entry.meta and not _plain(entry.meta):
             try:
                 fmt.dumps(entry.meta)
             except (TypeError, ValueError) as exc:
@@ -259,9 +280,14 @@ class ChunkedWriter(BackupWriter):
         if entry.type == "file":
             reused = self._reusable(entry)
             if reused is not None:
-                refs = reused
+                refs, line = reused
                 self._reused_chunks += len(refs)
                 self._unchanged_files += 1
+                if line is not None:
+                    self._write_line(line)
+                    self._entries += 1
+                    self._logical_bytes += size
+                    return
             elif content is None:
                 if entry.size:
                     raise ValueError(f"file {entry.path!r} has size {entry.size} but no content")
@@ -283,7 +309,7 @@ class ChunkedWriter(BackupWriter):
         if changed:
             record["changed"] = True
             self.changed.append(entry.path)
-        self._write_line(fmt.dumps(record) + b"\n")
+        self._write_line(fmt.entry_line(record))
         self._entries += 1
         self._logical_bytes += size
 

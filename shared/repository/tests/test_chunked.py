@@ -17,7 +17,7 @@ import pytest
 
 from shared.errors import BackupNotFound, IntegrityError, UnsafePath
 from shared.repository import BackupSummary, Entry, open_repository
-from shared.repository.chunked import ChunkedRepository
+from shared.repository.chunked import ChunkedRepository, fetch
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import BlobError, open_blob
 from shared.repository.chunked.writer import ChunkedWriter
@@ -337,6 +337,45 @@ def test_incremental_backup_does_not_read_unchanged_files(repo: ChunkedRepositor
         "d/no-inode": b"ni",
     }
     assert repo.verify("acme", "b2")["ok"]
+
+
+def test_unchanged_files_keep_the_parents_lines_and_changed_metadata_is_written(
+    repo: ChunkedRepository,
+) -> None:
+    """An unchanged file's line is copied from the parent (not encoded again): the
+    whole entry stream is then the parent's, byte for byte. A file whose content is
+    reused but whose mode changed gets a line of its own."""
+    files = [(f"f{i}", NON_UTF8 + str(i), f"content {i}".encode()) for i in range(5)]
+
+    def entries(mode_of_f2: int) -> list[tuple[Entry, bytes | BinaryIO | None]]:
+        return [
+            (
+                Entry(
+                    name,
+                    "file",
+                    mode_of_f2 if name == "f2" else 0o644,
+                    10,
+                    len(data),
+                    meta={"inode": i, "owner": owner},
+                ),  # fmt: skip
+                data,
+            )
+            for i, (name, owner, data) in enumerate(files)
+        ]
+
+    first = write_backup(repo, "acme", "b1", entries(0o644))
+    unchanged = [(e, Exploding()) for e, _ in entries(0o644)]
+    second = write_backup(repo, "acme", "b2", unchanged, parent_id="b1")  # type: ignore[arg-type]
+    assert second.manifest["unchanged_files"] == 5
+    assert second.checksum == first.checksum and second.manifest["tree"] == first.manifest["tree"]
+    chmodded = [(e, Exploding()) for e, _ in entries(0o600)]
+    third = write_backup(repo, "acme", "b3", chmodded, parent_id="b2")  # type: ignore[arg-type]
+    assert third.manifest["unchanged_files"] == 5 and third.checksum != first.checksum
+    restored = read_all(repo, "acme", "b3")
+    assert [(e.path, e.mode, e.meta, data) for e, data in restored] == [
+        (name, 0o600 if name == "f2" else 0o644, {"inode": i, "owner": owner}, data)
+        for i, (name, owner, data) in enumerate(files)
+    ]
 
 
 def test_incremental_with_unusable_parent_reads_everything(repo: ChunkedRepository) -> None:
@@ -879,14 +918,8 @@ def test_content_is_invalid_after_the_next_entry(repo: ChunkedRepository) -> Non
             first.read()
 
 
-def test_many_small_files_are_read_back_in_few_requests(
-    repo: ChunkedRepository, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    entries = [
-        (Entry(f"d/f{i:04d}", "file", 0o644, i, 100 + i % 7), os.urandom(100 + i % 7))
-        for i in range(2000)
-    ]
-    write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
+def count_reads(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every ranged read of ``store`` from now on (at the store interface)."""
     calls: list[int] = []
     original = store.read_range
 
@@ -895,8 +928,44 @@ def test_many_small_files_are_read_back_in_few_requests(
         return original(key, offset, length)
 
     monkeypatch.setattr(store, "read_range", counting)
+    return calls
+
+
+def test_many_small_files_are_read_back_in_few_requests(
+    repo: ChunkedRepository, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [
+        (Entry(f"d/f{i:04d}", "file", 0o644, i, 100 + i % 7), os.urandom(100 + i % 7))
+        for i in range(2000)
+    ]
+    write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
+    calls = count_reads(store, monkeypatch)
     assert read_all(repo, "acme", "b1") == entries
     assert len(calls) <= 3  # the whole backup sits in one pack: coalesced reads
+
+
+def test_a_restore_of_more_files_than_the_look_ahead_still_coalesces(
+    repo: ChunkedRepository, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the prefetcher's item limit (4,096 entries) reads used to be started one
+    small file at a time: 21,500 GETs to restore 73,000 files from S3."""
+    count = 3 * fetch.MAX_ITEMS
+    entries = [
+        (Entry(f"d/f{i:05d}", "file", 0o644, i, 1000), os.urandom(1000)) for i in range(count)
+    ]
+    write_backup(repo, "acme", "b1", entries)  # type: ignore[arg-type]
+    packs = len(pack_keys(store, "acme"))
+    calls = count_reads(store, monkeypatch)
+    restored = 0
+    with repo.reader("acme", "b1") as reader:
+        for (entry, content), (want, data) in zip(reader, entries, strict=True):
+            assert content is not None and entry.path == want.path
+            assert content.read() == data
+            restored += 1
+    assert restored == count
+    # 12 MB in one or two packs: a few reads of up to 8 MiB each, the entry stream's
+    # chunks, and reads cut where the look-ahead filled; not one read per file.
+    assert len(calls) <= 4 * packs + 12, (len(calls), packs)
 
 
 def test_chunk_index_and_stats(repo: ChunkedRepository, store: ObjectStore) -> None:
@@ -1051,3 +1120,36 @@ def test_a_stream_of_unknown_length_is_stored_as_read(repo: ChunkedRepository) -
     assert entry.size == len(payload) and content == payload
     with repo.writer("acme", "bad") as writer, pytest.raises(ValueError):
         writer.add(Entry(path="d", type="dir", size=UNKNOWN_SIZE))
+
+
+ENTRY_BASE: dict[str, Any] = {
+    "path": 'a/b"c\\d',
+    "type": "file",
+    "mode": 0o644,
+    "mtime_ns": 1_700_000_000_123_456_789,
+    "size": 5,
+    "target": None,
+    "meta": {"inode": 3},
+    "chunks": [["ab" * 32, 5]],
+}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ENTRY_BASE,
+        {**ENTRY_BASE, "path": NON_UTF8, "type": "symlink", "target": "x/\u00e9\n\u2603"},
+        {**ENTRY_BASE, "meta": {"inode": 1, "owner": "r\u00f6ot"}, "mtime_ns": -1},
+        {**ENTRY_BASE, "chunks": [["ab", 1], ["cd", 2]], "meta": {}, "changed": True},
+        # Shapes the fast path does not take: the generic encoder must.
+        {**ENTRY_BASE, "meta": {"xattrs": {"user.k": "v"}}},
+        {**ENTRY_BASE, "mode": True},
+        {**ENTRY_BASE, "mtime_ns": 1.5},
+        {**ENTRY_BASE, "chunks": [("ab", 1)]},
+        {**ENTRY_BASE, "changed": False},
+        {"type": "file", "path": "reordered"},
+    ],
+)
+def test_entry_lines_are_what_the_generic_encoder_writes(record: dict[str, Any]) -> None:
+    """The fast entry-line encoder is a speed-up only: same bytes as ``dumps``."""
+    assert fmt.entry_line(record) == fmt.dumps(record) + b"\n"

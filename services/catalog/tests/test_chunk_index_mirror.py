@@ -1,0 +1,95 @@
+"""The chunk index mirror must not hold the SQLite write lock across store reads.
+
+The bug it guards against: on S3, ``mirror_packs`` inserted rows and then read the
+next pack index from the store inside the same transaction. The S3 read is green
+I/O, so the hub ran another greenthread; that one's write waited for the lock inside
+SQLite (``busy_timeout``), blocking the only OS thread, so the mirror could never
+commit and every other catalog write failed with ``database is locked``.
+
+Reproduced here with the real parts: a SQLite file, a moto S3 server, eventlet's
+green sockets (``conftest.py`` monkey-patches), and a second greenthread that writes
+while the mirror waits for S3.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import eventlet
+from eventlet.greenthread import GreenThread
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from services.catalog import chunk_index
+from services.catalog.db import upgrade_schema
+from services.catalog.models import Chunk, Tenant
+from shared.database import make_engine
+from shared.repository import Entry
+from shared.repository.chunked import ChunkedRepository
+from shared.store import open_store
+
+MASTER = b"\x07" * 32
+FILES = 1500  # more than one insert batch (1,000 rows), spread over several packs
+
+
+def _backup(store_url: str) -> tuple[ChunkedRepository, list[str], int]:
+    repo = ChunkedRepository(open_store(store_url), MASTER, pack_size=32 * 1024)
+    with repo.writer("acme", "b1") as writer:
+        for i in range(FILES):
+            writer.add(Entry(path=f"f{i:05d}", size=100), io.BytesIO(os.urandom(100)))
+        summary = writer.commit({})
+    packs = list(summary.manifest["packs"])
+    assert len(packs) > 3
+    return repo, packs, int(summary.manifest["new_chunks"])
+
+
+class _ReadsWatched:
+    """The repository, starting another writer greenthread at each pack index read;
+    it runs as soon as the read yields to the hub on its green socket."""
+
+    def __init__(self, repo: ChunkedRepository, write: Callable[[], None]) -> None:
+        self._repo = repo
+        self._write = write
+        self.writers: list[GreenThread] = []
+
+    def pack_index(self, tenant: str, pack_id: str) -> list[dict[str, Any]]:
+        self.writers.append(eventlet.spawn(self._write))
+        return self._repo.pack_index(tenant, pack_id)
+
+
+def test_mirror_lets_other_greenthreads_write_during_s3_reads(
+    tmp_path: Path, s3_store_url: str
+) -> None:
+    repo, packs, chunks = _backup(s3_store_url)
+    db_url = f"sqlite:///{tmp_path}/catalog.db"
+    engine = make_engine(db_url)
+    upgrade_schema(engine)
+    with Session(engine) as session:
+        session.add(Tenant(name="acme"))
+        session.commit()
+    # The other writer: another catalog request, on its own connection. Its busy
+    # timeout is short so that the lock-up shows as an error in about a second
+    # (the service's 30 s would block the whole process for 30 s, then fail alike).
+    other = make_engine(db_url)
+
+    def other_write() -> None:
+        with other.connect() as conn:
+            conn.execute(text("PRAGMA busy_timeout=1000"))
+            conn.execute(text("UPDATE tenants SET name = name WHERE name = 'acme'"))
+            conn.commit()
+
+    watched = _ReadsWatched(repo, other_write)
+    with Session(engine) as session:
+        added = chunk_index.mirror_packs(session, watched, "acme", packs)
+        session.commit()
+    assert len(watched.writers) == len(packs)
+    for writer in watched.writers:
+        writer.wait()  # OperationalError("database is locked") before the fix
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Chunk)) == chunks == added
+    engine.dispose()
+    other.dispose()
