@@ -356,3 +356,64 @@ def test_bad_restore_targets_fail_clearly_and_stay_untouched(
     finally:
         name = sa.engine.make_url(conflicting).database
         _pg_execute(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_whole_tenant_backups_of_databases_and_files(
+    platform: Platform, shop: str, tmp_path: Path
+) -> None:
+    """ "Full", "database only" and "files only": one request each, the parts grouped and
+    listed together; a part restores by itself (one by one) and the group as a whole."""
+    from tests.helpers import make_tree, snapshot
+
+    tenant = platform.tenant()
+    operator = platform.token("operator", tenant)
+    tree = make_tree(tmp_path / "web")
+    for name, driver, config in (
+        ("shop", "sql", {"url": shop}),
+        ("web", "filesystem", {"path": str(tree)}),
+    ):
+        resp = operator.post(
+            "/api/v1/sources", json={"name": name, "driver": driver, "config": config}
+        )
+        assert resp.status_code == 201, resp.text
+
+    groups = {}
+    for scope, parts in (("databases", ["shop"]), ("files", ["web"]), ("all", ["shop", "web"])):
+        resp = operator.post("/api/v1/backups", json={"scope": scope})
+        assert resp.status_code == 202, resp.text
+        group = resp.json()
+        assert sorted(b["source"] for b in group["items"]) == parts
+        for item in group["items"]:
+            done = operator.wait_for(f"/api/v1/backups/{item['id']}")
+            assert done["status"] == "completed", done["error"]
+        listed = operator.get("/api/v1/backups", params={"group_id": group["group_id"]}).json()
+        assert sorted(b["source"] for b in listed["items"]) == parts
+        groups[scope] = group
+
+    # one part by itself: the database of the full backup, into SQLite
+    shop_part = next(b for b in groups["all"]["items"] if b["source"] == "shop")
+    target = {"url": f"sqlite:///{tmp_path}/part.db"}
+    resp = operator.post(
+        "/api/v1/restores", json={"backup_id": shop_part["id"], "target": target, "mode": "merge"}
+    )
+    assert resp.status_code == 202, resp.text
+    assert operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")["status"] == "completed"
+    assert counts(target["url"]) == {"users": 3, "orders": 2}
+
+    # the whole group, in place: both sources back to how they were
+    before = snapshot(tree)
+    (tree / "docs" / "readme.txt").write_text("changed\n")
+    engine = sa.create_engine(shop)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM orders"))
+    engine.dispose()
+    resp = operator.post(
+        "/api/v1/restores",
+        json={"group_id": groups["all"]["group_id"], "mode": "replace", "confirm": tenant},
+    )
+    assert resp.status_code == 202, resp.text
+    for item in resp.json()["items"]:
+        done = operator.wait_for(f"/api/v1/restores/{item['id']}")
+        assert done["status"] == "completed", done
+    assert snapshot(tree) == before
+    assert counts(shop) == {"users": 3, "orders": 2}
