@@ -368,6 +368,7 @@ def test_whole_tenant_backups_of_databases_and_files(
     tenant = platform.tenant()
     operator = platform.token("operator", tenant)
     tree = make_tree(tmp_path / "web")
+    ids = {}
     for name, driver, config in (
         ("shop", "sql", {"url": shop}),
         ("web", "filesystem", {"path": str(tree)}),
@@ -376,6 +377,13 @@ def test_whole_tenant_backups_of_databases_and_files(
             "/api/v1/sources", json={"name": name, "driver": driver, "config": config}
         )
         assert resp.status_code == 201, resp.text
+        ids[name] = resp.json()["id"]
+
+    # live statistics of a file tree: what a backup would take
+    files = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    stats = operator.get(f"/api/v1/sources/{ids['web']}/stats").json()
+    assert stats["files"] == len(files)
+    assert stats["bytes"] == sum(p.lstat().st_size for p in files)
 
     groups = {}
     for scope, parts in (("databases", ["shop"]), ("files", ["web"]), ("all", ["shop", "web"])):
