@@ -182,6 +182,7 @@ def psql_lines(
         if not finished and proc.poll() is None:
             proc.kill()
         proc.wait()
+        drain.join(5)  # psql is gone: its stderr ends; close it only once read
         for stream in (proc.stdout, proc.stderr):
             with suppress(OSError):
                 stream.close()
