@@ -30,7 +30,8 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 # Coffer against restic on a real tree, local and S3 stores (docs/benchmarks.md);
-# BENCH_ARGS=--quick for a ~100 MB run.
+# BENCH_ARGS=--quick for a ~100 MB run. Then the PostgreSQL case against pg_dump
+# (docs/benchmarks-postgres.md); BENCH_ARGS="--only postgres" runs it alone.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
 

@@ -267,7 +267,11 @@ class Platform:
         body: dict[str, Any] = resp.json()
         return body
 
-    def add_source(self, tenant: str, name: str, path: Path) -> str:
+    def add_source(
+        self, tenant: str, name: str, path: Path, driver: str = "filesystem", **config: Any
+    ) -> str:
+        """A source of ``driver``; ``path`` is the filesystem driver's, ``config`` any
+        other driver's keys (``url=...`` for ``postgres`` and ``sql``)."""
         resp = self.session.post(f"{self.base}/api/v1/tenants", json={"name": tenant}, timeout=60)
         if resp.status_code not in (201, 409):  # 409: it exists already
             raise CofferFailed(f"POST /api/v1/tenants: HTTP {resp.status_code}: {resp.text}")
@@ -277,8 +281,8 @@ class Platform:
             json={
                 "name": name,
                 "tenant": tenant,
-                "driver": "filesystem",
-                "config": {"path": str(path)},
+                "driver": driver,
+                "config": config if driver != "filesystem" else {"path": str(path)},
             },
         )
         return str(source["id"])
@@ -311,10 +315,12 @@ class Platform:
     def backup(self, source_id: str, note: str) -> JobResult:
         return self._run("/api/v1/backups", {"source": source_id, "note": note}, "/api/v1/backups")
 
-    def restore(self, backup_id: str, target: Path) -> JobResult:
+    def restore(self, backup_id: str, target: Path | dict[str, Any]) -> JobResult:
+        """Merge into ``target``: a directory, or a driver's target config."""
+        where = target if isinstance(target, dict) else {"path": str(target)}
         return self._run(
             "/api/v1/restores",
-            {"backup_id": backup_id, "target": {"path": str(target)}, "mode": "merge"},
+            {"backup_id": backup_id, "target": where, "mode": "merge"},
             "/api/v1/restores",
         )
 

@@ -1,4 +1,5 @@
-"""``make bench``: Coffer (through the whole platform) against restic, same data, same store.
+"""``make bench``: Coffer (through the whole platform) against restic, same data, same store;
+then the PostgreSQL case (bench/postgres.py, docs/benchmarks-postgres.md).
 
 For each store (a local directory, an S3 server) it runs, with each tool: (a) a first
 backup, (b) a second backup of the unchanged tree, (c) a backup after 1% of the files
@@ -8,7 +9,7 @@ figure is measured.
 
     .venv/bin/python -m bench.run_bench [--quick] [--scale N] [--data DIR] [--rev REV]
         [--stores file,s3] [--tools coffer,restic] [--rss-sizes 1,0.5]
-        [--catalog-db ADMIN_URL] [--keep]
+        [--catalog-db ADMIN_URL] [--keep] [--only filesystem|postgres] [--pg-scale N]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import requests
 
 from bench import dataset, report
+from bench import postgres as pgcase
 from bench.coffer import ROOT, CofferFailed, JobResult, Platform, export
 from bench.dataset import Change, DataSet, compare, snapshot
 from bench.restic import Restic, ResticFailed, ensure_installed
@@ -124,6 +126,7 @@ class Bench:
         self.code = ROOT
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.results: dict[str, Any] = {"stores": {}, "rss_sizes": []}
+        self.suites = args.only
 
     @property
     def logical(self) -> int:
@@ -473,10 +476,29 @@ class Bench:
         self.results["catalog"] = (
             "PostgreSQL (--catalog-db)" if args.catalog_db else "SQLite (the embedded default)"
         )
-        if "restic" in args.tools:
+        if "restic" in args.tools and "filesystem" in self.suites:
             self.restic = ensure_installed(log)
             self.results["machine"]["restic"] = restic_version(self.restic)
         log(f"work directory: {self.work}")
+        self._code()
+        if "filesystem" in self.suites:
+            self.run_filesystem()
+        if "postgres" in self.suites:
+            log(f"PostgreSQL case (pgbench -s {args.pg_scale}):")
+            self.results["postgres"] = {}
+            case = pgcase.PgCase(self.work, args.pg_scale, self._platform, log, keep=args.keep)
+            case.result = self.results["postgres"]
+            case.result.update(scale=args.pg_scale, rows=[], error=None)
+            case.run()
+        self.results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def _platform(self, home: Path, store_url: str) -> Platform:
+        args = self.args
+        return Platform(home, store_url, args.rabbit_api, args.amqp, self.code, args.catalog_db)
+
+    def _code(self) -> None:
+        """Which Coffer code runs: the working tree, or ``--rev`` exported."""
+        args = self.args
         git = self.results["git"]
         if args.rev:
             self.code = self.work / "src"
@@ -488,6 +510,9 @@ class Bench:
                 f"Coffer code: the working tree at {git['commit']} "
                 f"with {len(git['uncommitted'])} uncommitted changes"
             )
+
+    def run_filesystem(self) -> None:
+        args = self.args
         log("building the data set ...")
         started = time.monotonic()
         self.data = dataset.build(
@@ -526,7 +551,6 @@ class Bench:
         if args.rss_sizes:
             log("peak RSS against data size (first backup, local store):")
             self.rss_sizes(args.rss_sizes, self.results["rss_sizes"])
-        self.results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
 
     def summary(self) -> str:
         r = self.results
@@ -594,6 +618,10 @@ class Bench:
                     rows,
                 )
             )
+        if r.get("postgres"):
+            out.append("")
+            out.append("== PostgreSQL (local store; load average: see 'load before') ==")
+            out.append(pgcase.summary(r["postgres"]))
         return "\n".join(out)
 
 
@@ -639,6 +667,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--only",
+        default="filesystem,postgres",
+        help="which cases: filesystem (against restic), postgres (pgbench data), or both",
+    )
+    parser.add_argument(
+        "--pg-scale", type=int, default=20, help="pgbench -i -s of the PostgreSQL case"
+    )
+    parser.add_argument(
         "--rabbit-api",
         default="http://guest:guest@127.0.0.1:15672",
         help="RabbitMQ management API (to make the private vhost)",
@@ -652,7 +688,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.stores = [s for s in args.stores.split(",") if s]
     args.tools = [t for t in args.tools.split(",") if t]
     args.rss_sizes = [float(f) for f in args.rss_sizes.split(",") if f.strip()]
-    for value, allowed in ((args.stores, {"file", "s3"}), (args.tools, {"coffer", "restic"})):
+    args.only = [o for o in args.only.split(",") if o]
+    for value, allowed in (
+        (args.stores, {"file", "s3"}),
+        (args.tools, {"coffer", "restic"}),
+        (args.only, {"filesystem", "postgres"}),
+    ):
         if set(value) - allowed:
             parser.error(f"unknown: {', '.join(sorted(set(value) - allowed))}")
     if args.data is not None and not args.data.is_dir():

@@ -265,3 +265,163 @@ def test_bucket_backup_restores_into_another_bucket(platform: Platform, s3_endpo
         finally:
             response.close()
             response.release_conn()
+
+
+def _fresh_database(admin_url: str, *statements: str) -> str:
+    import uuid
+
+    from tests.fixtures import _pg_execute
+
+    name = f"coffer_target_{uuid.uuid4().hex[:10]}"
+    _pg_execute(admin_url, f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    if statements:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+        engine.dispose()
+    return url
+
+
+def _tables_and_rows(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sorted(sa.inspect(conn).get_table_names())
+            return {
+                n: conn.execute(sa.text(f'SELECT count(*) FROM "{n}"')).scalar_one() for n in names
+            }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["sql", "postgres"])
+def test_bad_restore_targets_fail_clearly_and_stay_untouched(
+    platform: Platform, shop: str, postgres_admin_url: str, driver: str
+) -> None:
+    """A target whose schema conflicts with the backup, one that cannot be reached, one
+    whose credentials are wrong: each a clear error with a stable code, and the target
+    exactly as it was."""
+    from tests.fixtures import _pg_execute
+
+    operator = platform.token("operator", platform.tenant())
+    resp = operator.post(
+        "/api/v1/sources", json={"name": "shop", "driver": driver, "config": {"url": shop}}
+    )
+    assert resp.status_code == 201, resp.text
+    resp = operator.post("/api/v1/backups", json={"source": "shop"})
+    backup = operator.wait_for(f"/api/v1/backups/{resp.json()['id']}")
+    assert backup["status"] == "completed", backup["error"]
+
+    # users exists with a name column of another type, and a row of its own
+    conflicting = _fresh_database(
+        postgres_admin_url,
+        "CREATE TABLE users (id int PRIMARY KEY, name int, role text)",
+        "INSERT INTO users VALUES (1, 42, 'mine')",
+    )
+    unreachable = sa.engine.make_url(shop).set(port=1).render_as_string(hide_password=False)
+    wrong_user = (
+        sa.engine.make_url(shop).set(username="nobody_here", password="pw-Secret-5")
+    ).render_as_string(hide_password=False)
+    try:
+        before = _tables_and_rows(conflicting)
+        resp = operator.post(
+            "/api/v1/restores",
+            json={"backup_id": backup["id"], "target": {"url": conflicting}, "mode": "merge"},
+        )
+        if resp.status_code == 202:  # found by the restore job, before it writes
+            error = operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")["error"]
+        else:  # found when the request was checked
+            assert resp.status_code == 409, resp.text
+            error = resp.json()["error"]
+        expected = "conflict" if driver == "sql" else "target_not_empty"
+        assert error["code"] == expected, error
+        assert "users" in error["message"] or "users" in str(error["details"])
+        assert _tables_and_rows(conflicting) == before == {"users": 1}
+
+        for target in (unreachable, wrong_user):
+            resp = operator.post(
+                "/api/v1/restores",
+                json={"backup_id": backup["id"], "target": {"url": target}, "mode": "merge"},
+            )
+            if resp.status_code == 202:
+                error = operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")["error"]
+            else:
+                assert resp.status_code == 422, resp.text
+                error = resp.json()["error"]
+            assert error["code"] == "source_unavailable", error
+            assert "pw-Secret-5" not in str(error)
+        assert counts(shop) == {"users": 3, "orders": 2}
+    finally:
+        name = sa.engine.make_url(conflicting).database
+        _pg_execute(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_whole_tenant_backups_of_databases_and_files(
+    platform: Platform, shop: str, tmp_path: Path
+) -> None:
+    """ "Full", "database only" and "files only": one request each, the parts grouped and
+    listed together; a part restores by itself (one by one) and the group as a whole."""
+    from tests.helpers import make_tree, snapshot
+
+    tenant = platform.tenant()
+    operator = platform.token("operator", tenant)
+    tree = make_tree(tmp_path / "web")
+    ids = {}
+    for name, driver, config in (
+        ("shop", "sql", {"url": shop}),
+        ("web", "filesystem", {"path": str(tree)}),
+    ):
+        resp = operator.post(
+            "/api/v1/sources", json={"name": name, "driver": driver, "config": config}
+        )
+        assert resp.status_code == 201, resp.text
+        ids[name] = resp.json()["id"]
+
+    # live statistics of a file tree: what a backup would take
+    files = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    stats = operator.get(f"/api/v1/sources/{ids['web']}/stats").json()
+    assert stats["files"] == len(files)
+    assert stats["bytes"] == sum(p.lstat().st_size for p in files)
+
+    groups = {}
+    for scope, parts in (("databases", ["shop"]), ("files", ["web"]), ("all", ["shop", "web"])):
+        resp = operator.post("/api/v1/backups", json={"scope": scope})
+        assert resp.status_code == 202, resp.text
+        group = resp.json()
+        assert sorted(b["source"] for b in group["items"]) == parts
+        for item in group["items"]:
+            done = operator.wait_for(f"/api/v1/backups/{item['id']}")
+            assert done["status"] == "completed", done["error"]
+        listed = operator.get("/api/v1/backups", params={"group_id": group["group_id"]}).json()
+        assert sorted(b["source"] for b in listed["items"]) == parts
+        groups[scope] = group
+
+    # one part by itself: the database of the full backup, into SQLite
+    shop_part = next(b for b in groups["all"]["items"] if b["source"] == "shop")
+    target = {"url": f"sqlite:///{tmp_path}/part.db"}
+    resp = operator.post(
+        "/api/v1/restores", json={"backup_id": shop_part["id"], "target": target, "mode": "merge"}
+    )
+    assert resp.status_code == 202, resp.text
+    assert operator.wait_for(f"/api/v1/restores/{resp.json()['id']}")["status"] == "completed"
+    assert counts(target["url"]) == {"users": 3, "orders": 2}
+
+    # the whole group, in place: both sources back to how they were
+    before = snapshot(tree)
+    (tree / "docs" / "readme.txt").write_text("changed\n")
+    engine = sa.create_engine(shop)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM orders"))
+    engine.dispose()
+    resp = operator.post(
+        "/api/v1/restores",
+        json={"group_id": groups["all"]["group_id"], "mode": "replace", "confirm": tenant},
+    )
+    assert resp.status_code == 202, resp.text
+    for item in resp.json()["items"]:
+        done = operator.wait_for(f"/api/v1/restores/{item['id']}")
+        assert done["status"] == "completed", done
+    assert snapshot(tree) == before
+    assert counts(shop) == {"users": 3, "orders": 2}

@@ -11,17 +11,9 @@ from shared.sources.base import SourceDriver
 ENTRY_POINT_GROUP = "coffer.sources"
 
 
-def _instantiate(name: str, cls: object) -> SourceDriver:
-    if not (isinstance(cls, type) and issubclass(cls, SourceDriver)):
-        raise TypeError(f"entry point {name!r} is not a SourceDriver: {cls!r}")
-    return cls()
-
-
 @cache
 def drivers() -> dict[str, SourceDriver]:
-    return {
-        ep.name: _instantiate(ep.name, ep.load()) for ep in entry_points(group=ENTRY_POINT_GROUP)
-    }
+    return {ep.name: get_driver(ep.name) for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 @cache
@@ -29,11 +21,12 @@ def get_driver(name: str) -> SourceDriver:
     """Only the named driver's module is imported: a job child needs one driver, and
     importing them all (boto3, SQLAlchemy, database clients) cost every backup and
     restore about half a second of CPU before its first byte."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        return _instantiate(name, ep.load())
-    try:
-        return drivers()[name]
-    except KeyError:
-        raise UnknownDriver(
-            f"unknown driver {name!r}", {"driver": name, "known": sorted(drivers())}
-        ) from None
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise UnknownDriver(f"unknown driver {name!r}", {"driver": name, "known": known})
+    cls = next(iter(found)).load()
+    if not (isinstance(cls, type) and issubclass(cls, SourceDriver)):
+        raise TypeError(f"entry point {name!r} is not a SourceDriver: {cls!r}")
+    driver: SourceDriver = cls()
+    return driver

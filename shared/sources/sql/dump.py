@@ -30,7 +30,7 @@ from shared.errors import InvalidSourceConfig, SourceUnavailable
 from shared.repository import BackupWriter, Entry
 from shared.repository.base import UNKNOWN_SIZE
 from shared.sources.base import Progress
-from shared.sources.sql import codec
+from shared.sources.sql import codec, pgcopy
 from shared.sources.sql.config import SqlConfig
 from shared.sources.sql.connect import open_engine, snapshot, unavailable
 from shared.sources.sql.filters import FilterError, RowFilter, coerce_literal
@@ -259,7 +259,11 @@ def run_backup(cfg: SqlConfig, writer: BackupWriter, progress: Progress) -> dict
                     raise InterruptedError("cancelled")
                 name = table["name"]
                 written = [0]
-                chunks = _lines(conn, table, cfg.filters.get(name), progress, written)
+                row_filter = cfg.filters.get(name)
+                if pgcopy.server_encodable(conn, table, row_filter):
+                    chunks = pgcopy.copy_lines(conn, table, progress, written)
+                else:
+                    chunks = _lines(conn, table, row_filter, progress, written)
                 entry = Entry(
                     path=entry_path(name),
                     mtime_ns=mtime_ns,

@@ -98,6 +98,11 @@ def capture_schema(conn: Connection, names: list[str]) -> Schema:
     tables = [
         _capture_table(conn, insp, name, natives.get(name, {}), json_columns) for name in names
     ]
+    if dialect == "postgresql":
+        storage = _storage_parameters(conn, names)
+        for table in tables:
+            if storage.get(table["name"]):
+                table["storage"] = storage[table["name"]]
     enums: list[dict[str, Any]] = []
     if dialect == "postgresql":
         enums = [
@@ -152,6 +157,36 @@ def _native_types(conn: Connection, names: list[str]) -> dict[str, dict[str, str
                 if hidden in (0, 2, 3):
                     result[name][column] = native or ""
     return result
+
+
+#: A PostgreSQL storage parameter as ``pg_class.reloptions`` lists it (``fillfactor=100``,
+#: ``toast.autovacuum_enabled=false``): recreated only when it has this plain form.
+_STORAGE_PARAMETER = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?=[A-Za-z0-9_.+\-]+")
+
+
+def _storage_parameters(conn: Connection, names: list[str]) -> dict[str, list[str]]:
+    """PostgreSQL tables' storage parameters (``WITH (fillfactor=100)``), table and TOAST,
+    which a same-dialect restore sets again (part of what ``pg_dump`` shows)."""
+    wanted = set(names)
+    rows = conn.exec_driver_sql(
+        "SELECT c.relname, c.reloptions, t.reloptions FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+        "AND (c.reloptions IS NOT NULL OR t.reloptions IS NOT NULL)"
+    )
+    result: dict[str, list[str]] = {}
+    for table, own, toast in rows:
+        if table in wanted:
+            result[table] = [*(own or []), *(f"toast.{o}" for o in toast or [])]
+    return result
+
+
+def storage_clause(table: TableDef) -> str | None:
+    """``fillfactor=100, ...`` for ``ALTER TABLE .. SET (...)``; None when there is none
+    (or a parameter is not of the plain form, which is then left out)."""
+    kept = [o for o in table.get("storage") or [] if _STORAGE_PARAMETER.fullmatch(o)]
+    return ", ".join(kept) or None
 
 
 def _mariadb_json_columns(conn: Connection) -> set[tuple[str, str]]:
@@ -721,6 +756,13 @@ def build_table(
         # not start refusing 'A' next to 'a'.
         kwargs_table = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
     result = sa.Table(name, metadata, *items, **kwargs_table)
+    storage = storage_clause(table) if same_dialect and dialect == "postgresql" else None
+    if storage:
+        # The DDL's %(table)s is the quoted name; the parameters are checked plain text.
+        sa.event.listen(result, "after_create", sa.DDL(f"ALTER TABLE %(table)s SET ({storage})"))
+    left = [o for o in table.get("storage") or [] if o not in (storage or "").split(", ")]
+    if left:
+        notes.append(f"{name}: storage parameters {', '.join(left)} not recreated")
     for index in table.get("indexes", []):
         if index.get("expressions") or index.get("where") or not index["columns"]:
             notes.append(f"{name}: index {index.get('name')} (expression or partial) not recreated")

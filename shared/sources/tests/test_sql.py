@@ -9,6 +9,7 @@ leaves the target exactly as it was, a filter never reaches SQL as text.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 import uuid
@@ -29,8 +30,11 @@ from shared.errors import (
 )
 from shared.repository import Entry
 from shared.sources.base import RestoreOptions, SourceDriver
-from shared.sources.sql import SqlDriver
+from shared.sources.sql import SqlDriver, pgcopy
 from shared.sources.sql import connect as sql_connect
+from shared.sources.sql import dump as sql_dump
+from shared.sources.sql.filters import parse_filter
+from shared.sources.sql.schema import capture_schema
 from shared.sources.tests.test_sql_support import (
     MYSQL_ADMIN_URL,
     NAME_1,
@@ -988,3 +992,145 @@ def test_check_target(rich: str) -> None:
         )
     with pytest.raises(ValidationFailed):
         driver.check_target({"url": rich}, RestoreOptions("upsert"))
+
+
+# -- PostgreSQL encodes plain tables itself ---------------------------------------------------
+
+PLAIN_STRINGS = [
+    NAME_1,
+    "",
+    'back\\slash \\\\ and \\n as text, "quotes"',
+    "".join(chr(c) for c in range(1, 32)) + "\x7f",
+    "é ∑ 😀 \u2028\u2029 </script>",
+    None,
+]
+
+
+def _all_paths(url: str, table: str) -> tuple[bytes, bytes, bytes, bool]:
+    """The table's JSON Lines as PostgreSQL writes them (through psql and through
+    pg8000's ``COPY``) and as Python does."""
+    engine = sql_connect.open_engine(url)
+    try:
+        with sql_connect.snapshot(engine) as conn:
+            table_def = capture_schema(conn, [table])["tables"][0]
+            fast = pgcopy.server_encodable(conn, table_def, None)
+            env = pgcopy.libpq_env(conn.engine.url)
+            psql = shutil.which("psql")
+            assert psql and env is not None, "the tests need psql (postgresql-client)"
+            counted = [0, 0]
+            by_psql = b"".join(
+                pgcopy.psql_lines(psql, env, conn, table_def, Progress(), counted[:1])
+            )
+            by_pg8000 = b"".join(pgcopy.pg8000_lines(conn, table_def, Progress(), counted[1:]))
+            by_python = b"".join(sql_dump._lines(conn, table_def, None, Progress(), [0]))
+    finally:
+        engine.dispose()
+    return by_psql, by_pg8000, by_python, fast
+
+
+def test_server_encoded_rows_are_the_python_encoding(databases: Databases) -> None:
+    """Tables whose columns are all integers, booleans, strings, decimals or UUIDs are
+    encoded by PostgreSQL (``row_to_json`` through ``COPY``): the bytes must be those of
+    the Python encoder, any Unicode, control characters and backslashes included."""
+    url = databases.new("postgresql")
+    execute(
+        url,
+        'CREATE TABLE "plain ""t""" (id bigint PRIMARY KEY, "Odd ""col""" text, '
+        "code char(5), short varchar(9), flag boolean, n smallint, "
+        "amount numeric(30,10), ratio numeric, ref uuid)",
+    )
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for i, text in enumerate(PLAIN_STRINGS * 400):
+            conn.execute(
+                sa.text(
+                    'INSERT INTO "plain ""t""" VALUES (:id, :text, :code, :short, :flag, :n, '
+                    ":amount, :ratio, :ref)"
+                ),
+                {
+                    "id": 9223372036854775807 - i,
+                    "text": text,
+                    "code": None if i % 7 == 0 else "ab",
+                    "short": "x" * (i % 10) if i % 3 else None,
+                    "flag": None if i % 5 == 0 else i % 2 == 0,
+                    "n": -32768 + i,
+                    "amount": Decimal("-12345678901234567890.0123456789") if i % 2 else None,
+                    "ratio": Decimal("NaN") if i % 11 == 0 else Decimal(f"{i}.5"),
+                    "ref": uuid.UUID(int=i * 7919),
+                },
+            )
+    engine.dispose()
+    by_psql, by_pg8000, by_python, fast = _all_paths(url, 'plain "t"')
+    assert fast
+    assert len(by_python.splitlines()) == len(PLAIN_STRINGS) * 400
+    assert by_psql == by_python
+    assert by_pg8000 == by_python
+
+
+def test_other_tables_and_filtered_reads_take_the_python_path(databases: Databases) -> None:
+    url = databases.new("postgresql")
+    execute(
+        url,
+        "CREATE TABLE stamped (id int PRIMARY KEY, at timestamptz)",
+        "CREATE TABLE plain (id int PRIMARY KEY, tenant_id int)",
+    )
+    engine = sql_connect.open_engine(url)
+    try:
+        with engine.connect() as conn:
+            stamped, plain = capture_schema(conn, ["stamped", "plain"])["tables"]
+            assert not pgcopy.server_encodable(conn, stamped, None)
+            assert pgcopy.server_encodable(conn, plain, None)
+            # a row filter is bound as a parameter, which COPY cannot take
+            assert not pgcopy.server_encodable(conn, plain, parse_filter("tenant_id = 7"))
+    finally:
+        engine.dispose()
+
+
+def test_storage_parameters_come_back_on_postgresql(databases: Databases) -> None:
+    """``WITH (fillfactor=...)`` is part of what ``pg_dump`` shows: a PostgreSQL restore
+    sets it again; another dialect says it did not."""
+    source = databases.new("postgresql")
+    execute(
+        source,
+        "CREATE TABLE packed (id int PRIMARY KEY, body text) "
+        "WITH (fillfactor=70, toast.autovacuum_enabled=false)",
+        "INSERT INTO packed VALUES (1, 'a')",
+    )
+    writer, _ = backup(source)
+    copy = databases.new("postgresql")
+    restore(writer, copy, "merge")
+    options = (
+        "SELECT c.reloptions::text, t.reloptions::text FROM pg_class c "
+        "LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.relname = 'packed'"
+    )
+    assert rows_of(copy, options) == [("{fillfactor=70}", "{autovacuum_enabled=false}")]
+    assert rows_of(copy, "SELECT id, body FROM packed") == [(1, "a")]
+    report = restore(writer, databases.new("sqlite"), "merge")
+    assert any("storage parameters fillfactor=70" in n for n in report["notes"])
+
+
+def test_server_encoded_reads_report_errors_and_stop_on_cancel(databases: Databases) -> None:
+    url = databases.new("postgresql")
+    execute(
+        url,
+        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
+        "INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g",
+    )
+    psql = shutil.which("psql")
+    assert psql, "the tests need psql (postgresql-client)"
+    engine = sql_connect.open_engine(url)
+    try:
+        with sql_connect.snapshot(engine) as conn:
+            wide = capture_schema(conn, ["wide"])["tables"][0]
+            env = pgcopy.libpq_env(conn.engine.url)
+            assert env is not None and "PGPASSWORD" not in env  # no password in this url
+            gone = {**wide, "name": "gone"}
+            with pytest.raises(SourceUnavailable, match='relation "gone" does not exist'):
+                b"".join(pgcopy.psql_lines(psql, env, conn, gone, Progress(), [0]))
+        with sql_connect.snapshot(engine) as conn:
+            with pytest.raises(InterruptedError):
+                b"".join(pgcopy.psql_lines(psql, env, conn, wide, Progress(0), [0]))
+            with pytest.raises(InterruptedError):
+                b"".join(pgcopy.pg8000_lines(conn, wide, Progress(0), [0]))
+    finally:
+        engine.dispose()
