@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from services.catalog import chunk_index, jobs, outbox
+from services.catalog.broker_watch import BrokerWatch
 from services.catalog.db import CatalogDatabase
 from services.catalog.models import (
     ROLES,
@@ -95,6 +96,7 @@ class CatalogService(ScheduleRpc, RetentionRpc):
     publish = CofferPublisher()
     audit = AuditTrail()
     settings: Settings = SettingsProvider()
+    broker_watch: BrokerWatch = BrokerWatch()
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -935,7 +937,12 @@ class CatalogService(ScheduleRpc, RetentionRpc):
 
     @timer(interval=2)
     def reap_lost_workers(self) -> None:
-        """A running job whose lease ran out has lost its worker: it fails, never hangs."""
+        """A running job whose lease ran out has lost its worker: it fails, never hangs.
+
+        Not while the broker is away or just back: leases cannot be renewed then.
+        """
+        if not self.broker_watch.leases_trustworthy(self.settings.job_lease_seconds):
+            return
         now = utcnow()
         for kind, model in jobs.JOB_MODELS.items():
             expired = self.db.scalars(select(model).where(jobs.expired(model, now))).all()

@@ -27,6 +27,7 @@ from nameko.extensions import DependencyProvider
 from nameko.standalone.events import event_dispatcher
 
 from shared.config import settings
+from shared.jobs.sender import ProgressSender, send_until_delivered
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +91,23 @@ class JobRunner(DependencyProvider):
 
     # -- the watcher -------------------------------------------------------------------
 
-    def _send(self, event_type: str, payload: dict[str, Any]) -> None:
-        try:
-            self.dispatch(JOBS_SOURCE, event_type, payload)
-        except Exception:
-            log.exception("could not send %s for job %s", event_type, payload.get("job_id"))
+    def _dispatch(self, event_type: str, payload: dict[str, Any]) -> None:
+        self.dispatch(JOBS_SOURCE, event_type, payload)
 
     def run(self, spec: dict[str, Any]) -> None:
         job_id = spec["job"]["id"]
-        seq = 0
         # One runner also runs a service's side jobs (verify, gc) named in the spec.
         kind = spec.get("kind", self.kind)
         module = spec.get("module", self.work_module)
         base = {"kind": kind, "job_id": job_id, "worker_id": self.worker_id}
 
-        def progress(figures: dict[str, Any]) -> None:
-            nonlocal seq
-            seq += 1
-            self._send("job_progress", {**base, "seq": seq, "figures": figures})
+        lease = float(spec.get("lease_seconds", 30))
+        sender = ProgressSender(self._dispatch, base)
+        progress = sender.report
 
         def heartbeat() -> None:
             while True:
-                eventlet.sleep(max(0.5, float(spec.get("lease_seconds", 30)) / 3))
+                eventlet.sleep(max(0.5, lease / 3))
                 progress({})
 
         outcome: dict[str, Any] = {
@@ -179,6 +175,8 @@ class JobRunner(DependencyProvider):
             }
         finally:
             beat.kill()
+            sender.close()
             self.children.pop(job_id, None)
             self.slots.release()
-        self._send("job_finished", {**base, **outcome})
+        # Past a few leases the reaper has failed the job anyway (and refuses a late result).
+        send_until_delivered(self._dispatch, "job_finished", {**base, **outcome}, 3 * lease + 60)
