@@ -23,10 +23,12 @@ from kombu.exceptions import OperationalError
 from nameko.extensions import Entrypoint
 from nameko.messaging import HeaderDecoder, Publisher, QueueConsumer
 
-from shared import wire
+from shared import reconnect, wire
 from shared.errors import CofferError, InvalidMessage
 
 log = logging.getLogger(__name__)
+
+reconnect.install()
 
 coffer_exchange = Exchange(wire.EXCHANGE, type="topic", durable=True)
 dead_letter_exchange = Exchange(wire.DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
