@@ -16,20 +16,34 @@ import logging
 from functools import partial
 from typing import Any
 
+import amqp.exceptions
 import eventlet
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 from nameko.extensions import Entrypoint
 from nameko.messaging import HeaderDecoder, Publisher, QueueConsumer
 
-from shared import wire
+from shared import reconnect, wire
 from shared.errors import CofferError, InvalidMessage
 
 log = logging.getLogger(__name__)
+
+reconnect.install()
 
 coffer_exchange = Exchange(wire.EXCHANGE, type="topic", durable=True)
 dead_letter_exchange = Exchange(wire.DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
 dead_letter_queue = Queue(
     wire.DEAD_LETTER_QUEUE, exchange=dead_letter_exchange, routing_key="#", durable=True
+)
+
+#: What a call over a broker that is down (or just went away) raises: kombu's
+#: ``OperationalError`` once its retries are spent, py-amqp's connection errors, and the
+#: socket's own (refused, reset, broken pipe).
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.RecoverableConnectionError,
+    ConnectionError,
 )
 
 #: Pause before requeueing a message whose handling failed for a passing reason.

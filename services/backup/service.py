@@ -12,13 +12,14 @@ import logging
 from typing import Any
 
 from nameko.events import event_handler
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import rpc
 
 from shared import wire
 from shared.errors import CofferError, ConfirmationRequired, Unsupported
 from shared.jobs.runner import JobHandle, JobRunner, on_cancel_requested
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import Principal, service_principal
+from shared.rpc import TimedRpcProxy
 from shared.sources.registry import get_driver
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class BackupService:
     name = "backup"
 
-    catalog_rpc = RpcProxy("catalog")
+    catalog_rpc = TimedRpcProxy("catalog")
     audit = AuditTrail()
     publish = CofferPublisher()
     jobs: JobHandle = JobRunner("backup", "services.backup.work")

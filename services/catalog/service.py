@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from services.catalog import chunk_index, joblog, jobs, lifecycle, outbox, webhooks
+from services.catalog.broker_watch import BrokerWatch
 from services.catalog.db import CatalogDatabase
 from services.catalog.models import (
     ROLES,
@@ -92,6 +93,7 @@ class CatalogService(ScheduleRpc, RetentionRpc, WebhookRpc):
     publish = CofferPublisher()
     audit = AuditTrail()
     settings: Settings = SettingsProvider()
+    broker_watch: BrokerWatch = BrokerWatch()
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -936,7 +938,12 @@ class CatalogService(ScheduleRpc, RetentionRpc, WebhookRpc):
     @timer(interval=2)
     def reap_lost_workers(self) -> None:
         """A running job whose lease ran out has lost its worker: retried or ended, never
-        left hanging (see :mod:`services.catalog.lifecycle`)."""
+        left hanging (see :mod:`services.catalog.lifecycle`).
+
+        Not while the broker is away or just back: leases cannot be renewed then.
+        """
+        if not self.broker_watch.leases_trustworthy(self.settings.job_lease_seconds):
+            return
         now = utcnow()
         for kind, row in lifecycle.expired(self.db, now):
             if lifecycle.retry_lost(self.db, kind, row, self.settings):

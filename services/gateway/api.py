@@ -32,6 +32,7 @@ from shared.errors import (
     ValidationFailed,
     error_payload,
 )
+from shared.messaging import BROKER_ERRORS
 from shared.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,12 @@ class ApiMixin:
             ):
                 result = fn(self, call, **path_args)
         except Exception as exc:
-            if not isinstance(exc, CofferError):
+            if isinstance(exc, BROKER_ERRORS):
+                log.warning("%s %s: the broker is unreachable: %s", route.method, route.path, exc)
+                exc = ServiceUnavailable(
+                    "the message broker is unreachable; retry later", {"dependency": "broker"}
+                )
+            elif not isinstance(exc, CofferError):
                 log.exception("%s %s failed", route.method, route.path)
             self._audit(route, call, exc)
             return error_response(exc, request_id)

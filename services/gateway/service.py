@@ -11,7 +11,6 @@ from typing import Any
 
 import eventlet
 from kombu import Connection
-from nameko.rpc import RpcProxy
 from werkzeug.wrappers import Response
 
 from services.gateway import schemas as s
@@ -25,6 +24,7 @@ from shared.dependencies import SettingsProvider
 from shared.errors import InvalidState, NotFound, Unsupported, ValidationFailed
 from shared.messaging import AuditTrail
 from shared.repository import Repository, open_repository
+from shared.rpc import TimedRpcProxy
 from shared.sources.base import REDACTED
 from shared.sources.registry import get_driver
 
@@ -49,10 +49,10 @@ def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
 class GatewayService(JobsApi, WebhooksApi, SchedulesApi, ApiMixin):
     name = "gateway"
 
-    catalog_rpc = RpcProxy("catalog")
-    backup_rpc = RpcProxy("backup")
-    restore_rpc = RpcProxy("restore")
-    audit_rpc = RpcProxy("audit")
+    catalog_rpc = TimedRpcProxy("catalog")
+    backup_rpc = TimedRpcProxy("backup")
+    restore_rpc = TimedRpcProxy("restore")
+    audit_rpc = TimedRpcProxy("audit")
     audit = AuditTrail()
     settings: Settings = SettingsProvider()
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from nameko.events import event_handler
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import rpc
 
 from shared import wire
 from shared.errors import (
@@ -25,6 +25,7 @@ from shared.errors import (
 from shared.jobs.runner import JobHandle, JobRunner, on_cancel_requested
 from shared.messaging import AuditTrail, CofferPublisher, consume_contract, load_request
 from shared.principal import service_principal
+from shared.rpc import TimedRpcProxy
 from shared.sources.base import RestoreOptions
 from shared.sources.registry import get_driver
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class RestoreService:
     name = "restore"
 
-    catalog_rpc = RpcProxy("catalog")
+    catalog_rpc = TimedRpcProxy("catalog")
     audit = AuditTrail()
     publish = CofferPublisher()
     jobs: JobHandle = JobRunner("restore", "services.restore.work")

@@ -30,6 +30,7 @@ from nameko.extensions import DependencyProvider
 from nameko.standalone.events import event_dispatcher
 
 from shared.config import settings
+from shared.jobs.sender import ProgressSender, send_until_delivered
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +184,19 @@ class JobRunner(DependencyProvider):
 
     # -- the watcher -------------------------------------------------------------------
 
+    def _dispatch(self, event_type: str, payload: dict[str, Any]) -> None:
+        self.dispatch(JOBS_SOURCE, event_type, payload)
+
     def _send(self, event_type: str, payload: dict[str, Any]) -> None:
+        """Best effort (job log lines): a line lost to a broker outage is not worth
+        stalling the job for; progress and the result have their own senders."""
         try:
-            self.dispatch(JOBS_SOURCE, event_type, payload)
+            self._dispatch(event_type, payload)
         except Exception:
             log.exception("could not send %s for job %s", event_type, payload.get("job_id"))
 
     def run(self, spec: dict[str, Any]) -> None:
         job_id = spec["job"]["id"]
-        seq = 0
         # One runner also runs a service's side jobs (verify, gc) named in the spec.
         kind = spec.get("kind", self.kind)
         module = spec.get("module", self.work_module)
@@ -199,11 +204,9 @@ class JobRunner(DependencyProvider):
 
         meter = RateMeter()
         logged = 0
-
-        def progress(figures: dict[str, Any]) -> None:
-            nonlocal seq
-            seq += 1
-            self._send("job_progress", {**base, "seq": seq, "figures": figures})
+        lease = float(spec.get("lease_seconds", 30))
+        sender = ProgressSender(self._dispatch, base)
+        progress = sender.report
 
         def job_log(level: str, message: str, at: str | None = None, own: bool = False) -> None:
             nonlocal logged
@@ -217,7 +220,7 @@ class JobRunner(DependencyProvider):
 
         def heartbeat() -> None:
             while True:
-                eventlet.sleep(max(0.5, float(spec.get("lease_seconds", 30)) / 3))
+                eventlet.sleep(max(0.5, lease / 3))
                 progress({})
 
         outcome: dict[str, Any] = {
@@ -297,7 +300,9 @@ class JobRunner(DependencyProvider):
             }
         finally:
             beat.kill()
+            sender.close()
             self.children.pop(job_id, None)
             self.cancelling.discard(job_id)
             self.slots.release()
-        self._send("job_finished", {**base, **outcome})
+        # Past a few leases the reaper has failed the job anyway (and refuses a late result).
+        send_until_delivered(self._dispatch, "job_finished", {**base, **outcome}, 3 * lease + 60)
