@@ -17,7 +17,7 @@ import pytest
 from cli import exitcodes
 from cli.tests.test_cli_e2e import coffer_as
 from tests.fixtures import Platform
-from tests.helpers import make_tree
+from tests.helpers import make_tree, snapshot
 
 pytestmark = [
     pytest.mark.integration,
@@ -205,3 +205,29 @@ def test_tables_export_and_clear(platform: Platform, tmp_path: Path) -> None:
     assert queued["queued"] == [tenant]
     run("gc", code=exitcodes.AUTH)
     admin("gc", "--tenant", "no-such-tenant", code=exitcodes.NOT_FOUND)
+
+
+def test_group_restore_of_a_whole_tenant_backup(platform: Platform, tmp_path: Path) -> None:
+    tenant = platform.tenant()
+    run = coffer_as(platform, platform.token("operator", tenant).token, tmp_path)
+    trees = {name: make_tree(tmp_path / name) for name in ("site", "docs")}
+    before = {name: snapshot(tree) for name, tree in trees.items()}
+    for name, tree in trees.items():
+        run.json("sources", "create", name, "-d", "filesystem", "-c", f"path={tree}")
+    group = run.json("backup", "--scope", "files", "--wait")
+    assert {b["status"] for b in group["items"]} == {"completed"}
+    for tree in trees.values():
+        (tree / "docs" / "readme.txt").write_text("changed\n")
+
+    dry = run("restore", "--group", group["group_id"], "--dry-run")
+    assert dry.stdout.count("nothing was changed") == 2 and "docs/readme.txt" in dry.stdout
+    refused = run("restore", "--group", group["group_id"], "--mode", "replace", code=6)
+    assert "confirmation_required" in refused.stderr
+    done = run.json(
+        "restore", "--group", group["group_id"], "--mode", "replace", "--confirm", tenant, "--wait"
+    )
+    assert done["group_id"] == group["group_id"]
+    assert sorted(r["source"] for r in done["items"]) == ["docs", "site"]
+    assert {r["status"] for r in done["items"]} == {"completed"}
+    assert {name: snapshot(tree) for name, tree in trees.items()} == before
+    run("restore", "--group", "no-such-group", "--mode", "merge", code=exitcodes.NOT_FOUND)
