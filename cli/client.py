@@ -79,6 +79,9 @@ class Client:
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self.json("PATCH", path, json=body)
 
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        return self.json("PUT", path, json=body)
+
     def delete(self, path: str) -> Any:
         return self.json("DELETE", path)
 

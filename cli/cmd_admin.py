@@ -252,3 +252,20 @@ def revoke_token(token_id: str, yes: bool, as_json: bool) -> None:
     confirm(yes, f"Revoke token {token_id}?")
     doc = api().delete(f"/api/v1/tokens/{quote(token_id, safe='')}")
     emit(as_json, doc, lambda: f"revoked token {doc.get('name')} ({doc.get('id')})")
+
+
+@click.command("gc")
+@click.option("--tenant", help="Only this tenant's repository (default: every tenant's).")
+@json_option
+def gc(tenant: str | None, as_json: bool) -> None:
+    """Queue garbage collection (admin): remove chunks no live backup references.
+
+    Chunks younger than the grace period are kept, so a backup being written is safe.
+    """
+    doc = api().post("/api/v1/repository/gc", {"tenant": tenant} if tenant else {})
+    emit(
+        as_json,
+        doc,
+        lambda: f"garbage collection queued for {', '.join(doc.get('queued') or []) or 'no tenant'}"
+        f" (chunks younger than {doc.get('grace_seconds')} s are kept)",
+    )

@@ -60,6 +60,16 @@ def backup_fields(doc: dict[str, Any]) -> Any:
     ]
     if doc.get("group_id"):
         pairs.append(("group", doc["group_id"]))
+    if doc.get("legal_hold"):
+        pairs.append(("legal hold", "yes: retention and delete leave it alone"))
+    clear = doc.get("clear")
+    if clear:
+        deleted = (clear.get("report") or {}).get("deleted")
+        pairs.append(("clear", status_text(clear.get("status"))))
+        if deleted:
+            pairs.append(("  rows deleted", ", ".join(f"{t} {n}" for t, n in deleted.items())))
+        if clear.get("error"):
+            pairs.append(("  clear error", error_text(clear["error"])))
     if doc.get("error"):
         pairs.append(("error", error_text(doc["error"])))
     verification = doc.get("verification")
@@ -157,7 +167,7 @@ def _accepted_table(accepted: dict[str, Any], items: list[dict[str, Any]], group
 
 @click.group("backups")
 def backups() -> None:
-    """Backups: list, show, download, verify, delete."""
+    """Backups: list, show, download, verify, delete, legal hold, tables and export."""
 
 
 @backups.command("list")
@@ -230,12 +240,17 @@ def show_backup(backup_id: str, as_json: bool) -> None:
 @json_option
 def download_backup(backup_id: str, output: str | None, as_json: bool) -> None:
     """Download a backup as one archive (a tar; a database backup as a zip of CSVs)."""
-    name, size = download(api(), backup_path(backup_id) + "/download", output, quiet=as_json)
+    fetch(backup_path(backup_id) + "/download", output, as_json, {"backup_id": backup_id})
+
+
+def fetch(path: str, output: str | None, as_json: bool, about: dict[str, Any]) -> None:
+    """Stream ``path`` to a file (or stdout) and say what was written."""
+    name, size = download(api(), path, output, quiet=as_json)
     if name == "-":
         return
     emit(
         as_json,
-        {"backup_id": backup_id, "file": name, "bytes": size},
+        {**about, "file": name, "bytes": size},
         lambda: f"wrote {name} ({human_bytes(size)})",
     )
 
@@ -276,3 +291,71 @@ def delete_backup(backup_id: str, yes: bool, as_json: bool) -> None:
     confirm(yes, f"Delete backup {backup_id}?")
     doc = api().delete(backup_path(backup_id))
     emit(as_json, doc, lambda: f"deleted backup {doc.get('id')} of {doc.get('source')}")
+
+
+@backups.command("hold")
+@click.argument("backup_id")
+@json_option
+def hold_backup(backup_id: str, as_json: bool) -> None:
+    """Put a backup on legal hold: retention and delete leave it alone until released."""
+    _set_hold(backup_id, True, as_json)
+
+
+@backups.command("release")
+@click.argument("backup_id")
+@json_option
+def release_backup(backup_id: str, as_json: bool) -> None:
+    """Release a legal hold (admin): retention applies to the backup again."""
+    _set_hold(backup_id, False, as_json)
+
+
+def _set_hold(backup_id: str, hold: bool, as_json: bool) -> None:
+    client, path = api(), backup_path(backup_id) + "/hold"
+    doc = client.post(path) if hold else client.delete(path)
+    state = "on legal hold" if hold else "released"
+    emit(as_json, doc, lambda: f"backup {doc.get('id')} of {doc.get('source')} is {state}")
+
+
+@backups.command("tables")
+@click.argument("backup_id")
+@json_option
+def backup_tables(backup_id: str, as_json: bool) -> None:
+    """The tables of a database (sql driver) backup, with row counts and columns."""
+    doc = api().get(backup_path(backup_id) + "/tables")
+    emit(
+        as_json,
+        doc,
+        lambda: table(
+            f"{len(doc['items'])} tables",
+            ["table", "rows", "columns"],
+            [
+                [t["name"], t.get("rows"), ", ".join(c["name"] for c in t.get("columns") or [])]
+                for t in doc["items"]
+            ],
+        ),
+    )
+
+
+@backups.command("export")
+@click.argument("backup_id")
+@click.argument("table_name", metavar="TABLE")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="CSV (UTF-8 with BOM, for spreadsheets) or JSON Lines.",
+)
+@click.option(
+    "-o",
+    "--output",
+    help="File to write (default: SOURCE-TABLE.FORMAT as the server names it); - is stdout.",
+)
+@json_option
+def export_table(
+    backup_id: str, table_name: str, fmt: str, output: str | None, as_json: bool
+) -> None:
+    """Export one table of a database backup, streamed."""
+    path = f"{backup_path(backup_id)}/tables/{quote(f'{table_name}.{fmt}', safe='')}"
+    fetch(path, output, as_json, {"backup_id": backup_id, "table": table_name})

@@ -58,7 +58,12 @@ def restore_renderables(doc: dict[str, Any]) -> list[Any]:
 
 
 @click.command("restore")
-@click.argument("backup_id")
+@click.argument("backup_id", required=False)
+@click.option(
+    "--group",
+    "group_id",
+    help="Instead of BACKUP_ID: every part of a whole-tenant backup, into its own sources.",
+)
 @click.option(
     "--target",
     "-t",
@@ -79,7 +84,8 @@ def restore_renderables(doc: dict[str, Any]) -> list[Any]:
 @click.option("--wait", is_flag=True, help="Wait for the end, with a progress bar.")
 @json_option
 def restore(
-    backup_id: str,
+    backup_id: str | None,
+    group_id: str | None,
     target: tuple[str, ...],
     mode: str | None,
     dry_run: bool,
@@ -89,14 +95,59 @@ def restore(
     wait: bool,
     as_json: bool,
 ) -> None:
-    """Restore BACKUP_ID into its source or a --target; see what would change with --dry-run."""
+    """Restore BACKUP_ID into its source or a --target; see what would change with --dry-run.
+
+    With --group, every completed part of a whole-tenant backup goes back into its own
+    source (--mode replace then needs --confirm set to the tenant's name).
+    """
+    body = restore_body(backup_id, group_id, target, mode, dry_run, include, confirm)
+    if request_id:
+        body["request_id"] = request_id
+    client = api()
+    accepted = client.post("/api/v1/restores", body)
+    docs = accepted["items"] if group_id else [accepted]
+    if wait or body["mode"] == "dry-run":
+        docs = wait_jobs(
+            client,
+            [(f"restore {d['source']}", restore_path(d["id"])) for d in docs],
+            quiet=as_json,
+        )
+    result: Any = {**accepted, "items": docs} if group_id else docs[0]
+    emit(as_json, result, lambda: [r for d in docs for r in restore_renderables(d)])
+    for doc in docs:
+        if doc.get("status") in ("failed", "cancelled"):
+            raise CliError(
+                f"restore_{doc['status']}",
+                f"restore {doc['id']} ended {doc['status']}: "
+                f"{error_text(doc.get('error')) or 'no reason given'}",
+                exitcodes.JOB_FAILED,
+                hint=f"see `coffer restores show {doc['id']}`",
+            )
+
+
+def restore_body(
+    backup_id: str | None,
+    group_id: str | None,
+    target: tuple[str, ...],
+    mode: str | None,
+    dry_run: bool,
+    include: tuple[str, ...],
+    confirm: str | None,
+) -> dict[str, Any]:
+    """The ``POST /api/v1/restores`` body; contradictions are usage errors (exit 2)."""
+    if (backup_id is None) == (group_id is None):
+        raise click.UsageError("give either BACKUP_ID or --group")
+    if group_id and target:
+        raise click.UsageError("--group restores into the original sources: drop --target")
     if dry_run:
         if mode not in (None, "dry-run"):
             raise click.UsageError(f"--dry-run contradicts --mode {mode}")
         mode = "dry-run"
     if mode is None:
         raise click.UsageError("choose --mode merge|replace|dry-run (or --dry-run)")
-    body: dict[str, Any] = {"backup_id": backup_id, "mode": mode}
+    body: dict[str, Any] = (
+        {"group_id": group_id, "mode": mode} if group_id else {"backup_id": backup_id, "mode": mode}
+    )
     parsed = parse_object(target, "--target")
     if parsed is not None:
         body["target"] = parsed
@@ -104,23 +155,7 @@ def restore(
         body["include"] = list(include)
     if confirm is not None:
         body["confirm"] = confirm
-    if request_id:
-        body["request_id"] = request_id
-    client = api()
-    doc = client.post("/api/v1/restores", body)
-    if wait or mode == "dry-run":
-        doc = wait_jobs(
-            client, [(f"restore {doc['source']}", restore_path(doc["id"]))], quiet=as_json
-        )[0]
-    emit(as_json, doc, lambda: restore_renderables(doc))
-    if doc.get("status") in ("failed", "cancelled"):
-        raise CliError(
-            f"restore_{doc['status']}",
-            f"restore {doc['id']} ended {doc['status']}: "
-            f"{error_text(doc.get('error')) or 'no reason given'}",
-            exitcodes.JOB_FAILED,
-            hint=f"see `coffer restores show {doc['id']}`",
-        )
+    return body
 
 
 @click.group("restores")

@@ -7,9 +7,12 @@ from urllib.parse import quote
 
 import click
 
+from cli import exitcodes
 from cli.common import api, confirm, emit, json_option, yes_option
+from cli.errors import CliError
 from cli.parsing import parse_object
-from cli.render import fields, report_renderables, short_time, table
+from cli.render import error_text, fields, report_renderables, short_time, table
+from cli.watch import clear_status, wait_jobs
 
 #: The config key that best says where a source is, per driver.
 WHERE_KEYS = ("path", "url", "bucket", "endpoint")
@@ -159,3 +162,96 @@ def source_stats(source: str, as_json: bool) -> None:
         return report_renderables(shown, f"source {doc.get('name')} ({doc.get('driver')})")
 
     emit(as_json, doc, human)
+
+
+def parse_keep(values: tuple[str, ...]) -> dict[str, str]:
+    """``--keep 'users:role = admin'`` (repeatable) as ``{"users": "role = admin"}``."""
+    keep: dict[str, str] = {}
+    for raw in values:
+        table_name, sep, where = raw.partition(":")
+        if not sep or not table_name.strip() or not where.strip():
+            raise click.BadParameter(f"{raw!r}: write TABLE:CONDITION", param_hint="--keep")
+        if table_name.strip() in keep:
+            raise click.BadParameter(
+                f"two conditions for {table_name.strip()!r}: join them with AND",
+                param_hint="--keep",
+            )
+        keep[table_name.strip()] = where.strip()
+    return keep
+
+
+def clear_body(tables: str, keep: tuple[str, ...], confirm_name: str) -> dict[str, Any]:
+    names = [t.strip() for t in tables.split(",") if t.strip()]
+    if not names:
+        raise click.BadParameter("name at least one table", param_hint="--tables")
+    kept = parse_keep(keep)
+    stray = sorted(set(kept) - set(names))
+    if stray:
+        raise click.BadParameter(
+            f"{', '.join(stray)} not in --tables: --keep only limits tables being cleared",
+            param_hint="--keep",
+        )
+    return {"tables": names, "keep": kept, "confirm": confirm_name}
+
+
+@sources.command("clear")
+@click.argument("source")
+@click.option("--tables", required=True, help="Tables to empty, comma-separated: orders,users.")
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="TABLE:CONDITION",
+    help="Rows to keep in a table, as an SQL condition: 'users:role = 'admin'' (repeatable).",
+)
+@click.option("--confirm", "confirm_name", required=True, help="The source's name, typed.")
+@click.option("--wait", is_flag=True, help="Wait for the safety backup and the clearing.")
+@json_option
+def clear_tables(
+    source: str,
+    tables: str,
+    keep: tuple[str, ...],
+    confirm_name: str,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Delete the rows of tables of a database source (admin), after a safety backup.
+
+    The answer is the safety backup; the clearing runs when it has completed (its status
+    shows as `clear` in `coffer backups show ID`). Restore that backup to undo.
+    """
+    body = clear_body(tables, keep, confirm_name)
+    client = api()
+    doc = client.post(source_path(source) + "/clear", body)
+    path = f"/api/v1/backups/{quote(doc['id'], safe='')}"
+    if wait:
+        doc = wait_jobs(client, [(f"clear {source}", path)], quiet=as_json, status_of=clear_status)[
+            0
+        ]
+    emit(as_json, doc, lambda: _clear_renderables(doc, wait))
+    outcome = doc.get("clear") or {}
+    if wait and outcome.get("status") != "completed":
+        raise CliError(
+            f"clear_{outcome.get('status')}",
+            f"the clearing of {source} ended {outcome.get('status')}: "
+            f"{error_text(outcome.get('error')) or 'no reason given'}",
+            exitcodes.JOB_FAILED,
+            hint=f"see `coffer backups show {doc['id']}`",
+        )
+
+
+def _clear_renderables(doc: dict[str, Any], waited: bool) -> list[Any]:
+    clear = doc.get("clear") or {}
+    deleted = (clear.get("report") or {}).get("deleted") or {}
+    out: list[Any] = [
+        fields(
+            "clear",
+            [
+                ("safety backup", doc.get("id")),
+                ("status", clear.get("status")),
+                *[(f"deleted from {t}", f"{n} rows") for t, n in deleted.items()],
+            ],
+        )
+    ]
+    if not waited:
+        out.append(f"follow with `coffer backups show {doc.get('id')}` (or add --wait)")
+    return out

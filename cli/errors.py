@@ -21,6 +21,13 @@ HINTS_BY_CODE: dict[str, str] = {
     "source_not_found": "list the sources with `coffer sources list`",
     "backup_not_found": "list the backups with `coffer backups list`",
     "restore_not_found": "list the restores with `coffer restores list`",
+    "schedule_not_found": "list the schedules with `coffer schedules list`",
+    "invalid_schedule": (
+        "cron takes 5 fields (minute hour day-of-month month day-of-week), e.g. '30 2 * * *'; "
+        "or use --daily HH:MM, --weekly DAY@HH:MM, --monthly DAY@HH:MM"
+    ),
+    "unknown_timezone": "use an IANA time zone name, e.g. UTC or Europe/Berlin",
+    "legal_hold": "an admin can release it with `coffer backups release ID`",
     "tenant_not_found": "list the tenants with `coffer tenants list` (admin) or create it",
     "already_exists": "choose another name, or change the existing one",
     "invalid_state": "check the job's status (`coffer backups show ID`); wait for it to end",

@@ -8,9 +8,10 @@ import click
 
 from cli import config, exitcodes
 from cli.client import Client
-from cli.cmd_admin import audit, stats, tenants, tokens
+from cli.cmd_admin import audit, gc, stats, tenants, tokens
 from cli.cmd_backups import backup, backups
 from cli.cmd_restores import restore, restores
+from cli.cmd_schedules import retention, schedules
 from cli.cmd_sources import sources
 from cli.errors import CliError
 
@@ -79,7 +80,20 @@ def logout() -> None:
         click.echo("Not logged in; nothing to remove")
 
 
-for command in (sources, backup, backups, restore, restores, audit, stats, tenants, tokens):
+for command in (
+    sources,
+    backup,
+    backups,
+    restore,
+    restores,
+    schedules,
+    retention,
+    audit,
+    stats,
+    gc,
+    tenants,
+    tokens,
+):
     cli.add_command(command)
 
 

@@ -35,7 +35,8 @@ from cli.client import Client
 from cli.errors import CliError
 from cli.render import err_console, human_bytes
 
-ENDED = ("completed", "failed", "cancelled")
+#: "skipped": a clearing whose safety backup did not complete (see `clear_status`).
+ENDED = ("completed", "failed", "cancelled", "skipped")
 DOWNLOAD_CHUNK = 256 * 1024
 
 
@@ -74,6 +75,11 @@ def job_status(doc: dict[str, Any]) -> str:
 
 def verification_status(doc: dict[str, Any]) -> str:
     return str((doc.get("verification") or {}).get("status") or "pending")
+
+
+def clear_status(doc: dict[str, Any]) -> str:
+    """A clearing's status on its safety backup: waiting, running, completed, failed, skipped."""
+    return str((doc.get("clear") or {}).get("status") or "waiting")
 
 
 def wait_jobs(
