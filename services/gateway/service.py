@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response
 from services.gateway import schemas as s
 from services.gateway.api import ApiMixin, Call, api, json_response
 from services.gateway.openapi import build_spec
+from services.gateway.ui import DashboardMixin
 from shared.config import Settings
 from shared.dependencies import SettingsProvider
 from shared.errors import InvalidState, NotFound, Unsupported, ValidationFailed
@@ -29,6 +30,7 @@ ADMIN = ("admin",)
 WRITE = ("admin", "operator")
 READ = ("admin", "operator", "viewer")
 AUDIT = ("admin", "auditor")
+ANY = ("admin", "operator", "viewer", "auditor")
 HEALTH_TIMEOUT = 3.0
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
@@ -43,7 +45,7 @@ def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return filters, query["page"], query["per_page"]
 
 
-class GatewayService(ApiMixin):
+class GatewayService(ApiMixin, DashboardMixin):
     name = "gateway"
 
     catalog_rpc = RpcProxy("catalog")
@@ -100,6 +102,19 @@ class GatewayService(ApiMixin):
     )
     def openapi(self, call: Call) -> Any:
         return build_spec()
+
+    @api(
+        "GET",
+        "/api/v1/me",
+        summary="Who the token belongs to: its role, tenant and name",
+        action="me.read",
+        roles=ANY,
+        response=s.Me,
+    )
+    def me(self, call: Call) -> Any:
+        """What a client (the dashboard, the CLI) shows and offers depends on the role."""
+        who = call.who
+        return {"role": who.role, "tenant": who.tenant, "name": who.name, "kind": who.kind}
 
     # -- tenants and tokens -----------------------------------------------------------------
 
