@@ -442,6 +442,15 @@ class AuditVerification(Schema):
     reason = fields.String(allow_none=True)
 
 
+class Me(Schema):
+    role = fields.String(validate=validate.OneOf(ROLES))
+    tenant = fields.String(
+        allow_none=True, metadata={"description": "null: all tenants (an admin)"}
+    )
+    name = fields.String(metadata={"description": "the token's name"})
+    kind = fields.String(metadata={"description": "token, or admin for COFFER_ADMIN_TOKEN"})
+
+
 class StatsQuery(Strict):
     tenant = fields.String(validate=NAME)
 

@@ -18,6 +18,7 @@ from services.gateway.api import ApiMixin, Call, api, json_response
 from services.gateway.jobs_api import JobsApi
 from services.gateway.openapi import build_spec
 from services.gateway.schedules_api import SchedulesApi
+from services.gateway.ui import DashboardMixin
 from services.gateway.webhooks_api import WebhooksApi
 from shared.config import Settings
 from shared.dependencies import SettingsProvider
@@ -32,6 +33,7 @@ ADMIN = ("admin",)
 WRITE = ("admin", "operator")
 READ = ("admin", "operator", "viewer")
 AUDIT = ("admin", "auditor")
+ANY = ("admin", "operator", "viewer", "auditor")
 HEALTH_TIMEOUT = 3.0
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
@@ -46,7 +48,7 @@ def listing(query: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return filters, query["page"], query["per_page"]
 
 
-class GatewayService(JobsApi, WebhooksApi, SchedulesApi, ApiMixin):
+class GatewayService(JobsApi, WebhooksApi, SchedulesApi, DashboardMixin, ApiMixin):
     name = "gateway"
 
     catalog_rpc = TimedRpcProxy("catalog")
@@ -103,6 +105,19 @@ class GatewayService(JobsApi, WebhooksApi, SchedulesApi, ApiMixin):
     )
     def openapi(self, call: Call) -> Any:
         return build_spec()
+
+    @api(
+        "GET",
+        "/api/v1/me",
+        summary="Who the token belongs to: its role, tenant and name",
+        action="me.read",
+        roles=ANY,
+        response=s.Me,
+    )
+    def me(self, call: Call) -> Any:
+        """What a client (the dashboard, the CLI) shows and offers depends on the role."""
+        who = call.who
+        return {"role": who.role, "tenant": who.tenant, "name": who.name, "kind": who.kind}
 
     # -- tenants and tokens -----------------------------------------------------------------
 

@@ -1,0 +1,174 @@
+import { api, download, errorText } from "../api.js";
+import { announce, confirmDialog, facts, h, heading, statusBadge } from "../dom.js";
+import { bytes, dateTime, number, percent } from "../format.js";
+import { t } from "../i18n.js";
+import { href, navigate } from "../router.js";
+import { session } from "../session.js";
+import { busy, poll, sortableTable } from "../widgets.js";
+
+const ACTIVE = ["pending", "running"];
+
+function progressBlock(backup) {
+  const p = backup.progress || {};
+  const fraction = p.percent === null || p.percent === undefined ? null : p.percent / 100;
+  const text = t("backup.progressText", {
+    percent: percent(fraction),
+    done: bytes(p.bytes_done),
+    total: bytes(p.bytes_total),
+  });
+  const bar = h("progress", { id: "backup-progress", max: "100", "aria-valuetext": text });
+  if (fraction !== null) bar.value = p.percent;
+  else if (backup.status === "completed") bar.value = 100;
+  return h(
+    "section",
+    { class: "card", "aria-labelledby": "progress-title" },
+    h("h2", { id: "progress-title" }, t("backup.progress")),
+    h("label", { for: "backup-progress", class: "progress-label" }, text),
+    bar,
+    h("p", { class: "help" }, t("backup.items", { done: number(p.items_done), total: number(p.items_total) })),
+  );
+}
+
+function verificationText(v) {
+  if (!v) return t("common.none");
+  return t("backup.verifyResult", {
+    status: t(`status.${v.status}`),
+    chunks: number(v.chunks ?? 0),
+    missing: number(v.missing?.length ?? 0),
+    corrupt: number(v.corrupt?.length ?? 0),
+  });
+}
+
+async function tablesSection(backup) {
+  let tables;
+  try {
+    tables = (await api.get(`/api/v1/backups/${backup.id}/tables`)).items;
+  } catch (err) {
+    return h("p", { class: "error" }, errorText(err));
+  }
+  const columns = [
+    { label: t("source.table"), key: (r) => r.name, cell: (r) => r.name },
+    { label: t("backup.rows"), key: (r) => r.rows, cell: (r) => number(r.rows) },
+  ];
+  if (session.can("write")) {
+    columns.push({
+      label: t("backup.exportCsv"),
+      cell: (r) => exportButton(backup.id, r.name),
+    });
+  }
+  return h(
+    "section",
+    { class: "card", "aria-labelledby": "tables-title", id: "backup-tables" },
+    h("h2", { id: "tables-title" }, t("backup.tables")),
+    sortableTable(t("backup.tablesCaption"), columns, tables),
+  );
+}
+
+/** A button that downloads one table as CSV (the API needs the token, a plain link cannot send it). */
+export function exportButton(backupId, table) {
+  const button = h(
+    "button",
+    { type: "button", class: "btn small", "aria-label": t("backup.exportLabel", { table }) },
+    t("backup.exportCsv"),
+  );
+  button.addEventListener("click", () =>
+    busy(button, async () => {
+      announce(t("common.downloading", { name: `${table}.csv` }));
+      await download(`/api/v1/backups/${backupId}/tables/${encodeURIComponent(table)}.csv`, `${table}.csv`);
+    }),
+  );
+  return button;
+}
+
+function actions(backup) {
+  if (!session.can("write")) return null;
+  const bar = h("div", { class: "actions", id: "backup-actions" });
+  const done = backup.status === "completed";
+  if (done) {
+    const verify = h("button", { type: "button", class: "btn", id: "verify-backup" }, t("backup.verify"));
+    verify.addEventListener("click", () =>
+      busy(verify, async () => {
+        await api.post(`/api/v1/backups/${backup.id}/verify`);
+        announce(t("backup.verifyStarted"));
+      }),
+    );
+    const dl = h("button", { type: "button", class: "btn", id: "download-backup" }, t("common.download"));
+    dl.addEventListener("click", () =>
+      busy(dl, async () => {
+        announce(t("common.downloading", { name: backup.source }));
+        await download(`/api/v1/backups/${backup.id}/download`, `coffer-${backup.id}`);
+      }),
+    );
+    bar.append(
+      verify,
+      dl,
+      h("a", { class: "btn primary", id: "restore-backup", href: href("/restore", { backup: backup.id }) }, t("backup.restore")),
+    );
+  }
+  if (!ACTIVE.includes(backup.status)) {
+    const del = h("button", { type: "button", class: "btn danger", id: "delete-backup" }, t("backup.delete"));
+    del.addEventListener("click", async () => {
+      const ok = await confirmDialog({
+        title: t("backup.deleteTitle"),
+        text: t("backup.deleteText", { id: backup.id, source: backup.source }),
+        confirmLabel: t("common.delete"),
+      });
+      if (!ok) return;
+      await busy(del, async () => {
+        await api.del(`/api/v1/backups/${backup.id}`);
+        announce(t("backup.deleted", { id: backup.id }));
+        navigate("/backups");
+      });
+    });
+    bar.append(del);
+  }
+  return bar;
+}
+
+export async function render(ctx) {
+  const { main, params } = ctx;
+  const body = h("div", { id: "backup-detail" });
+  main.append(heading(t("backup.title", { id: params.id })), body);
+  let lastState = null;
+  let tables = null;
+  let summary = null;
+
+  poll(ctx, async () => {
+    const backup = await api.get(`/api/v1/backups/${encodeURIComponent(params.id)}`);
+    const verifying = ACTIVE.includes(backup.verification?.status);
+    const state = `${backup.status}/${backup.verification?.status}`;
+    if (backup.status === "completed" && backup.driver === "sql" && !tables) tables = await tablesSection(backup);
+    // The summary holds the buttons: rebuilt only when the state changes, so that
+    // polling never takes the keyboard focus away.
+    if (state !== lastState) summary = summaryCard(backup);
+    body.replaceChildren(summary, progressBlock(backup), tables);
+    if (lastState && lastState !== state) announce(`${t("common.status")}: ${t(`status.${backup.status}`)}`);
+    lastState = state;
+    return ACTIVE.includes(backup.status) || verifying;
+  });
+}
+
+function summaryCard(backup) {
+  return h(
+        "section",
+        { class: "card", "aria-labelledby": "summary-title" },
+        h("h2", { id: "summary-title", class: "visually-hidden" }, t("backup.title", { id: backup.id })),
+        h("p", { class: "status-line" }, statusBadge(backup.status, "backup-status")),
+        facts([
+          [t("common.source"), h("a", { href: href(`/sources/${backup.source_id}`) }, backup.source)],
+          [t("common.tenant"), backup.tenant],
+          [t("common.driver"), backup.driver],
+          [t("common.note"), backup.note || t("common.none")],
+          [t("backup.requestedBy"), backup.requested_by || t("common.none")],
+          [t("common.created"), dateTime(backup.created_at)],
+          [t("backup.startedAt"), dateTime(backup.started_at)],
+          [t("backup.finishedAt"), dateTime(backup.finished_at)],
+          [t("backup.sizeLogical"), bytes(backup.size?.logical)],
+          [t("backup.sizeStored"), bytes(backup.size?.stored)],
+          [t("backup.entries"), number(backup.entries)],
+          [t("backup.verification"), verificationText(backup.verification)],
+          ...(backup.error ? [[t("backup.error"), `${backup.error.code}: ${backup.error.message}`]] : []),
+        ]),
+        actions(backup),
+  );
+}
