@@ -101,6 +101,9 @@ def stack(
             "COFFER_JOB_MAX_ATTEMPTS": "3",
             "COFFER_JOB_RETRY_BACKOFF_SECONDS": "1",
             "COFFER_BACKUP_CONCURRENCY": "2",
+            # Every backup here takes at least BIG/cap seconds however fast the machine:
+            # the tests act on backups while they run, so they must not finish first.
+            "COFFER_JOB_MAX_BYTES_PER_SECOND": str(32 * 1024 * 1024),
             "COFFER_LOG_LEVEL": "INFO",
             "COFFER_WEBHOOK_RETRY_SECONDS": "1",
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,17 +19,39 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import CofferError
+from shared.errors import CofferError, ValidationFailed
 
 #: Seconds between progress lines; the parent turns each into a catalog event.
 PROGRESS_INTERVAL = 0.5
+#: A job's cap on the source bytes it processes per second (0: none), as Bareos'
+#: "Maximum Bandwidth Per Job": a backup must not starve the service it protects.
+RATE_LIMIT_VARIABLE = "COFFER_JOB_MAX_BYTES_PER_SECOND"
+
+
+def rate_limit_from_env() -> float:
+    value = os.environ.get(RATE_LIMIT_VARIABLE, "").strip() or "0"
+    try:
+        limit = float(value)
+    except ValueError:
+        message = f"{RATE_LIMIT_VARIABLE}={value!r} is not a number"
+        raise ValidationFailed(message, {RATE_LIMIT_VARIABLE: [message]}) from None
+    return max(0.0, limit)
 
 
 class StdoutProgress:
     """Implements :class:`shared.sources.base.Progress` for the child process."""
 
-    def __init__(self, out: Any = None) -> None:
+    def __init__(
+        self,
+        out: Any = None,
+        max_bytes_per_second: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._out = out or sys.stdout
+        self._limit = max_bytes_per_second
+        self._clock, self._sleep = clock, sleep
+        self._started = clock()
         self._lock = threading.Lock()
         self._last = 0.0
         self._cancel = threading.Event()
@@ -81,10 +104,19 @@ class StdoutProgress:
         self.bytes_done += bytes_done
         self.items_done += items_done
         self._milestone()
+        if self._limit and bytes_done:
+            # Sleep until the bytes done so far fit the cap: the data path thread that
+            # reported them waits, so reading slows down to the cap on average.
+            ahead = self.bytes_done / self._limit - (self._clock() - self._started)
+            if ahead > 0:
+                self._sleep(ahead)
         now = time.monotonic()
         if now - self._last >= PROGRESS_INTERVAL:
             self._last = now
             self.emit({"type": "progress", **self._figures()})
+
+    def limit(self, max_bytes_per_second: float) -> None:
+        self._limit, self._started = max_bytes_per_second, self._clock()
 
     def log(self, level: str, message: str) -> None:
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -112,6 +144,7 @@ def main(work: Callable[[dict[str, Any], StdoutProgress], dict[str, Any]]) -> in
     progress = StdoutProgress()
     signal.signal(signal.SIGTERM, lambda *_: progress.cancel())
     try:
+        progress.limit(rate_limit_from_env())
         spec = json.loads(sys.stdin.read())
         progress.log("info", f"started {spec.get('kind', 'job')} {spec.get('job', {}).get('id')}")
         result = work(spec, progress)

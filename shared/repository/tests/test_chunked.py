@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from shared.errors import BackupNotFound, IntegrityError, UnsafePath
+from shared.jobs.runner import CHILD_ENV
 from shared.repository import BackupSummary, Entry, open_repository
 from shared.repository.chunked import ChunkedRepository, fetch
 from shared.repository.chunked import format as fmt
@@ -996,12 +997,14 @@ def test_open_repository_and_check(store_url: str) -> None:
 
 
 def run_big_roundtrip(store_url: str, size: int) -> dict[str, Any]:
-    """In a child process: a clean interpreter (no eventlet), like the backup child."""
+    """In a child process: a clean interpreter (no eventlet) with the environment the job
+    runner gives the backup child (its malloc settings are part of the memory bound)."""
     proc = subprocess.run(
         [sys.executable, "-m", "shared.repository.tests.big_roundtrip", store_url, str(size)],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**CHILD_ENV, **os.environ},
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
     )
     assert proc.returncode == 0, proc.stderr
