@@ -65,3 +65,19 @@ export function dayBoundary(day, end = false) {
   const local = end ? new Date(y, m - 1, d, 23, 59, 59, 999) : new Date(y, m - 1, d);
   return local.toISOString();
 }
+
+/** A length of time (an ETA, a promised RPO) in the largest fitting units, e.g. "2 h 5 min". */
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return t("common.none");
+  let s = Math.max(0, Math.round(Number(seconds)));
+  const parts = [];
+  for (const [unit, size] of [["day", 86400], ["hour", 3600], ["minute", 60], ["second", 1]]) {
+    if (s >= size || (unit === "second" && !parts.length)) {
+      const n = Math.floor(s / size);
+      s -= n * size;
+      parts.push(new Intl.NumberFormat(currentLocale(), { style: "unit", unit, unitDisplay: "short" }).format(n));
+    }
+    if (parts.length === 2) break;
+  }
+  return parts.join(" ");
+}

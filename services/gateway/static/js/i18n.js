@@ -1,8 +1,9 @@
 // The message catalog: every user-facing text comes from /ui/i18n/<lang>.json.
 // A catalog names its own writing direction ("$dir"), so a right-to-left language
 // only needs its catalog: the layout uses logical CSS properties throughout.
+// A catalog may be partial: a key it lacks falls back to the English text.
 
-const AVAILABLE = ["en"];
+export const AVAILABLE = ["en", "ar"];
 const FALLBACK = "en";
 let messages = {};
 let locale = FALLBACK;
@@ -17,14 +18,26 @@ function pickLanguage() {
   return FALLBACK;
 }
 
-export async function loadCatalog() {
-  const lang = pickLanguage();
+async function fetchCatalog(lang) {
   const resp = await fetch(`/ui/i18n/${lang}.json`);
   if (!resp.ok) throw new Error(`message catalog ${lang}: HTTP ${resp.status}`);
-  messages = await resp.json();
-  locale = messages["$lang"] || lang;
+  return resp.json();
+}
+
+export async function loadCatalog() {
+  const lang = pickLanguage();
+  const fallback = await fetchCatalog(FALLBACK);
+  const chosen = lang === FALLBACK ? fallback : await fetchCatalog(lang);
+  messages = { ...fallback, ...chosen };
+  locale = chosen["$lang"] || lang;
   document.documentElement.lang = locale;
-  document.documentElement.dir = messages["$dir"] === "rtl" ? "rtl" : "ltr";
+  document.documentElement.dir = chosen["$dir"] === "rtl" ? "rtl" : "ltr";
+}
+
+/** Switch language: remembered in this browser, applied by reloading the page. */
+export function chooseLanguage(lang) {
+  localStorage.setItem("coffer.lang", lang);
+  window.location.reload();
 }
 
 /** The text for `key`, with `{name}` placeholders filled from `params`. */

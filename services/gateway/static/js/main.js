@@ -1,7 +1,7 @@
 // Start-up: the message catalog, the theme, the session, then the current page.
 import { whenUnauthenticated } from "./api.js";
 import { announce, clear, h } from "./dom.js";
-import { loadCatalog, t } from "./i18n.js";
+import { AVAILABLE, chooseLanguage, currentLocale, loadCatalog, t } from "./i18n.js";
 import { PAGES } from "./pages/index.js";
 import { href, navigate, resolve } from "./router.js";
 import { resume, session, signOut } from "./session.js";
@@ -52,6 +52,7 @@ function renderChrome() {
       " · ",
       me.tenant ? t("session.tenant", { tenant: me.tenant }) : t("session.allTenants"),
     ),
+    languagePicker(),
     themeToggle(),
     h(
       "button",
@@ -70,8 +71,18 @@ function renderChrome() {
   );
 }
 
+function languagePicker() {
+  const picker = h(
+    "select",
+    { id: "language", "aria-label": t("lang.label") },
+    AVAILABLE.map((lang) => h("option", { value: lang, selected: lang === currentLocale() }, t(`lang.${lang}`))),
+  );
+  picker.addEventListener("change", () => chooseLanguage(picker.value));
+  return picker;
+}
+
 function markCurrent(pageId) {
-  const parent = { backup: "backups", source: "sources" }[pageId] || pageId;
+  const parent = { backup: "backups", source: "sources", restorejob: "restore", schedule: "schedules" }[pageId] || pageId;
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.page === parent) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");

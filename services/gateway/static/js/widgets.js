@@ -142,3 +142,35 @@ export const DRIVER_TEMPLATES = {
   postgres: { url: "", schemas: [] },
   s3: { endpoint: "", bucket: "", prefix: "", access_key: "", secret_key: "", secure: false },
 };
+
+/**
+ * A table ordered by the API (`sort` = a field, `-field` descending): each sortable
+ * header is a link to the same list sorted by that column, so the order covers every
+ * page, not just the one shown. columns: [{label, sort?, cell(row)}]
+ */
+export function serverSortedTable(caption, columns, rows, { path, query, sort }) {
+  const current = sort.replace(/^-/, "");
+  const descending = sort.startsWith("-");
+  const heads = columns.map((column) => {
+    if (!column.sort) return h("th", { scope: "col" }, column.label);
+    const active = column.sort === current;
+    const next = active && !descending ? `-${column.sort}` : column.sort;
+    return h(
+      "th",
+      { scope: "col", "aria-sort": active ? (descending ? "descending" : "ascending") : "none" },
+      h(
+        "a",
+        { class: "sort", href: href(path, { ...query, sort: next, page: undefined }), dataset: { sort: column.sort }, "aria-label": t("common.sortBy", { column: column.label }) },
+        column.label,
+      ),
+    );
+  });
+  const body = rows.length
+    ? rows.map((row) => h("tr", {}, columns.map((c) => h("td", {}, c.cell(row)))))
+    : h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, t("common.empty")));
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h("table", { id: "backups-table" }, h("caption", {}, caption), h("thead", {}, h("tr", {}, heads)), h("tbody", {}, body)),
+  );
+}

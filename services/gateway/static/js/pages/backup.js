@@ -1,33 +1,12 @@
 import { api, download, errorText } from "../api.js";
 import { announce, confirmDialog, facts, h, heading, statusBadge } from "../dom.js";
-import { bytes, dateTime, number, percent } from "../format.js";
+import { bytes, dateTime, number } from "../format.js";
+import { ACTIVE, cancelButton, followJob, logSection, progressBlock } from "../jobs.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
 import { session } from "../session.js";
-import { busy, poll, sortableTable } from "../widgets.js";
+import { busy, sortableTable } from "../widgets.js";
 
-const ACTIVE = ["pending", "running"];
-
-function progressBlock(backup) {
-  const p = backup.progress || {};
-  const fraction = p.percent === null || p.percent === undefined ? null : p.percent / 100;
-  const text = t("backup.progressText", {
-    percent: percent(fraction),
-    done: bytes(p.bytes_done),
-    total: bytes(p.bytes_total),
-  });
-  const bar = h("progress", { id: "backup-progress", max: "100", "aria-valuetext": text });
-  if (fraction !== null) bar.value = p.percent;
-  else if (backup.status === "completed") bar.value = 100;
-  return h(
-    "section",
-    { class: "card", "aria-labelledby": "progress-title" },
-    h("h2", { id: "progress-title" }, t("backup.progress")),
-    h("label", { for: "backup-progress", class: "progress-label" }, text),
-    bar,
-    h("p", { class: "help" }, t("backup.items", { done: number(p.items_done), total: number(p.items_total) })),
-  );
-}
 
 function verificationText(v) {
   if (!v) return t("common.none");
@@ -80,16 +59,46 @@ export function exportButton(backupId, table) {
   return button;
 }
 
-function actions(backup) {
+/** Legal hold: an operator may hold, only an admin may release (the API's rule). */
+function holdButton(backup, refresh) {
+  if (backup.legal_hold && !session.isAdmin) return null;
+  const held = Boolean(backup.legal_hold);
+  const button = h(
+    "button",
+    { type: "button", class: "btn", id: held ? "release-hold" : "hold-backup" },
+    held ? t("hold.release") : t("hold.hold"),
+  );
+  button.addEventListener("click", async () => {
+    if (held) {
+      const ok = await confirmDialog({
+        title: t("hold.releaseTitle"),
+        text: t("hold.releaseText", { id: backup.id }),
+        confirmLabel: t("hold.release"),
+      });
+      if (!ok) return;
+    }
+    await busy(button, async () => {
+      const path = `/api/v1/backups/${encodeURIComponent(backup.id)}/hold`;
+      const after = held ? await api.del(path) : await api.post(path);
+      announce(after.legal_hold ? t("hold.held", { id: backup.id }) : t("hold.released", { id: backup.id }));
+      refresh();
+    });
+  });
+  return button;
+}
+
+function actions(backup, refresh) {
   if (!session.can("write")) return null;
   const bar = h("div", { class: "actions", id: "backup-actions" });
   const done = backup.status === "completed";
+  if (ACTIVE.includes(backup.status)) bar.append(cancelButton("backup", backup, refresh));
   if (done) {
     const verify = h("button", { type: "button", class: "btn", id: "verify-backup" }, t("backup.verify"));
     verify.addEventListener("click", () =>
       busy(verify, async () => {
         await api.post(`/api/v1/backups/${backup.id}/verify`);
         announce(t("backup.verifyStarted"));
+        refresh();
       }),
     );
     const dl = h("button", { type: "button", class: "btn", id: "download-backup" }, t("common.download"));
@@ -102,10 +111,11 @@ function actions(backup) {
     bar.append(
       verify,
       dl,
+      holdButton(backup, refresh),
       h("a", { class: "btn primary", id: "restore-backup", href: href("/restore", { backup: backup.id }) }, t("backup.restore")),
     );
   }
-  if (!ACTIVE.includes(backup.status)) {
+  if (!ACTIVE.includes(backup.status) && !backup.legal_hold) {
     const del = h("button", { type: "button", class: "btn danger", id: "delete-backup" }, t("backup.delete"));
     del.addEventListener("click", async () => {
       const ok = await confirmDialog({
@@ -129,46 +139,61 @@ export async function render(ctx) {
   const { main, params } = ctx;
   const body = h("div", { id: "backup-detail" });
   main.append(heading(t("backup.title", { id: params.id })), body);
+  const log = logSection("backup");
   let lastState = null;
   let tables = null;
   let summary = null;
-
-  poll(ctx, async () => {
+  let refresh = null;
+  const tick = async () => {
     const backup = await api.get(`/api/v1/backups/${encodeURIComponent(params.id)}`);
     const verifying = ACTIVE.includes(backup.verification?.status);
-    const state = `${backup.status}/${backup.verification?.status}`;
+    const state = `${backup.status}/${backup.verification?.status}/${backup.legal_hold}/${backup.cancel_requested_at}`;
     if (backup.status === "completed" && backup.driver === "sql" && !tables) tables = await tablesSection(backup);
     // The summary holds the buttons: rebuilt only when the state changes, so that
     // polling never takes the keyboard focus away.
-    if (state !== lastState) summary = summaryCard(backup);
-    body.replaceChildren(summary, progressBlock(backup), tables);
-    if (lastState && lastState !== state) announce(`${t("common.status")}: ${t(`status.${backup.status}`)}`);
+    if (state !== lastState) summary = summaryCard(backup, refresh);
+    await log.refresh(backup.id);
+    body.replaceChildren(summary, progressBlock("backup", backup), tables, log.section);
+    if (lastState && lastState.split("/")[0] !== backup.status) announce(`${t("common.status")}: ${t(`status.${backup.status}`)}`);
     lastState = state;
     return ACTIVE.includes(backup.status) || verifying;
-  });
+  };
+  const reread = followJob(ctx, tick);
+  refresh = () => {
+    lastState = null;
+    reread();
+  };
 }
 
-function summaryCard(backup) {
+function summaryCard(backup, refresh) {
   return h(
-        "section",
-        { class: "card", "aria-labelledby": "summary-title" },
-        h("h2", { id: "summary-title", class: "visually-hidden" }, t("backup.title", { id: backup.id })),
-        h("p", { class: "status-line" }, statusBadge(backup.status, "backup-status")),
-        facts([
-          [t("common.source"), h("a", { href: href(`/sources/${backup.source_id}`) }, backup.source)],
-          [t("common.tenant"), backup.tenant],
-          [t("common.driver"), backup.driver],
-          [t("common.note"), backup.note || t("common.none")],
-          [t("backup.requestedBy"), backup.requested_by || t("common.none")],
-          [t("common.created"), dateTime(backup.created_at)],
-          [t("backup.startedAt"), dateTime(backup.started_at)],
-          [t("backup.finishedAt"), dateTime(backup.finished_at)],
-          [t("backup.sizeLogical"), bytes(backup.size?.logical)],
-          [t("backup.sizeStored"), bytes(backup.size?.stored)],
-          [t("backup.entries"), number(backup.entries)],
-          [t("backup.verification"), verificationText(backup.verification)],
-          ...(backup.error ? [[t("backup.error"), `${backup.error.code}: ${backup.error.message}`]] : []),
-        ]),
-        actions(backup),
+    "section",
+    { class: "card", "aria-labelledby": "summary-title" },
+    h("h2", { id: "summary-title", class: "visually-hidden" }, t("backup.title", { id: backup.id })),
+    h(
+      "p",
+      { class: "status-line" },
+      statusBadge(backup.status, "backup-status"),
+      backup.legal_hold ? [" ", h("span", { class: "badge badge-hold", id: "backup-hold" }, t("hold.badge"))] : null,
+    ),
+    facts([
+      [t("common.source"), h("a", { href: href(`/sources/${backup.source_id}`) }, backup.source)],
+      [t("common.tenant"), backup.tenant],
+      [t("common.driver"), backup.driver],
+      [t("common.note"), backup.note || t("common.none")],
+      [t("backup.requestedBy"), backup.requested_by || t("common.none")],
+      [t("common.created"), dateTime(backup.created_at)],
+      [t("backup.startedAt"), dateTime(backup.started_at)],
+      [t("backup.finishedAt"), dateTime(backup.finished_at)],
+      [t("backup.sizeLogical"), bytes(backup.size?.logical)],
+      [t("backup.sizeStored"), bytes(backup.size?.stored)],
+      [t("backup.entries"), number(backup.entries)],
+      [t("backup.attempts"), number(backup.attempts)],
+      [t("hold.label"), backup.legal_hold ? t("common.yes") : t("common.no")],
+      [t("backup.verification"), verificationText(backup.verification)],
+      ...(backup.schedule_id ? [[t("backup.schedule"), h("a", { href: href(`/schedules/${backup.schedule_id}`) }, backup.schedule_id)]] : []),
+      ...(backup.error ? [[t("backup.error"), `${backup.error.code}: ${backup.error.message}`]] : []),
+    ]),
+    actions(backup, refresh),
   );
 }

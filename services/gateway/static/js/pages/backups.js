@@ -4,10 +4,11 @@ import { bytes, dateTime, dayBoundary } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
 import { session } from "../session.js";
-import { busy, formValues, pager, sortableTable, tenantField } from "../widgets.js";
+import { busy, formValues, pager, serverSortedTable, tenantField } from "../widgets.js";
 
 const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
-const FILTERS = ["q", "tenant", "source", "status", "since", "until", "group_id", "per_page"];
+const FILTERS = ["q", "tenant", "source", "status", "kind", "since", "until", "group_id", "per_page", "sort"];
+const KINDS = ["files", "database", "bucket"];
 
 function filterForm(query, sources, tenantControl) {
   const get = (name) => query.get(name) || "";
@@ -24,9 +25,14 @@ function filterForm(query, sources, tenantControl) {
       t("common.status"),
       select("status", [["", t("common.any")], ...STATUSES.map((s) => [s, t(`status.${s}`)])], get("status")),
     ),
+    field(
+      t("backups.kind"),
+      select("kind", [["", t("common.any")], ...KINDS.map((k) => [k, t(`backups.kind.${k}`)])], get("kind")),
+    ),
     field(t("common.since"), h("input", { type: "date", name: "since", value: get("since") })),
     field(t("common.until"), h("input", { type: "date", name: "until", value: get("until") })),
     field(t("pager.perPage"), select("per_page", ["25", "50", "100"].map((n) => [n, n]), get("per_page") || "50")),
+    get("sort") ? h("input", { type: "hidden", name: "sort", value: get("sort") }) : null,
     h(
       "div",
       { class: "actions" },
@@ -110,25 +116,29 @@ export async function render(ctx) {
   const columns = [
     {
       label: t("backups.col.created"),
-      key: (b) => b.created_at,
+      sort: "created_at",
       cell: (b) => h("a", { href: href(`/backups/${b.id}`) }, dateTime(b.created_at)),
     },
-    { label: t("backups.col.source"), key: (b) => b.source, cell: (b) => b.source },
-    { label: t("backups.col.tenant"), key: (b) => b.tenant, cell: (b) => b.tenant },
+    { label: t("backups.col.source"), sort: "source", cell: (b) => b.source },
+    { label: t("backups.col.tenant"), cell: (b) => b.tenant },
     {
       label: t("backups.col.status"),
-      key: (b) => b.status,
-      cell: (b) => h("span", { class: `badge badge-${b.status}` }, t(`status.${b.status}`)),
+      sort: "status",
+      cell: (b) => [
+        h("span", { class: `badge badge-${b.status}` }, t(`status.${b.status}`)),
+        b.legal_hold ? [" ", h("span", { class: "badge badge-hold", dataset: { hold: b.id } }, t("hold.badge"))] : null,
+      ],
     },
-    { label: t("backups.col.size"), key: (b) => b.size?.stored ?? -1, cell: (b) => bytes(b.size?.stored) },
-    { label: t("backups.col.note"), key: (b) => b.note || "", cell: (b) => b.note || "" },
+    { label: t("backups.col.finished"), sort: "finished_at", cell: (b) => dateTime(b.finished_at) },
+    { label: t("backups.col.logical"), sort: "size", cell: (b) => bytes(b.size?.logical) },
+    { label: t("backups.col.size"), sort: "stored", cell: (b) => bytes(b.size?.stored) },
+    { label: t("backups.col.note"), cell: (b) => b.note || "" },
   ];
   main.append(
     heading(t("backups.title")),
     session.can("write") && sources.length ? await createForm(sources) : null,
     filterForm(query, sources, await tenantField("tenant", query.get("tenant"))),
-    h("p", { class: "help" }, t("common.sortNote")),
-    sortableTable(t("backups.caption"), columns, result.items),
+    serverSortedTable(t("backups.caption"), columns, result.items, { path: "/backups", query: filters, sort: filters.sort || "-created_at" }),
     pager("/backups", filters, result),
   );
 }

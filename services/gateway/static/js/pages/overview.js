@@ -1,12 +1,10 @@
 import { api } from "../api.js";
 import { h, heading } from "../dom.js";
-import { bytes, number, percent, relative } from "../format.js";
+import { bytes, duration, number, percent, relative } from "../format.js";
 import { t } from "../i18n.js";
 import { href } from "../router.js";
 import { poll } from "../widgets.js";
 
-/** A source whose last success is older than this is listed as needing attention. */
-const STALE_HOURS = 24;
 const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
 
 function card(id, title, value, detail) {
@@ -25,7 +23,7 @@ export async function render(ctx) {
   main.append(heading(t("overview.title")), grid);
 
   async function refresh() {
-    const [stats, sources] = await Promise.all([api.get("/api/v1/stats"), api.get("/api/v1/sources")]);
+    const stats = await api.get("/api/v1/stats");
     const counts = stats.backups.by_status;
     const byStatus = h(
       "ul",
@@ -40,31 +38,49 @@ export async function render(ctx) {
         ),
       ),
     );
-    const seen = new Map(stats.sources.map((s) => [s.source_id, s]));
-    const stale = [
-      ...stats.sources.filter((s) => s.age_seconds > STALE_HOURS * 3600),
-      ...sources.items
-        .filter((s) => !seen.has(s.id))
-        .map((s) => ({ source_id: s.id, source: s.name, tenant: s.tenant, age_seconds: null })),
-    ];
-    const staleList = stale.length
+    // Overdue is the API's verdict: the last good backup (or, never backed up, the
+    // schedule's creation) is older than the RPO its schedules promise, plus slack.
+    const overdue = stats.sources.filter((s) => s.overdue);
+    const unscheduled = stats.sources.filter((s) => s.rpo_promise_seconds === null);
+    const overdueList = overdue.length
       ? h(
           "ul",
-          { class: "stale-list" },
-          stale.map((s) =>
+          { class: "stale-list", id: "overdue-list" },
+          overdue.map((s) =>
             h(
               "li",
-              {},
+              { dataset: { source: s.source } },
               h("a", { href: href(`/sources/${encodeURIComponent(s.source_id)}`) }, s.source),
               ` (${s.tenant}) · `,
               s.age_seconds === null ? t("overview.never") : t("overview.lastSuccess", { when: relative(s.age_seconds) }),
+              " · ",
+              t("overview.promise", { rpo: duration(s.rpo_promise_seconds) }),
             ),
           ),
         )
-      : h("p", {}, t("overview.staleNone"));
+      : h("p", {}, t("overview.overdueNone"));
+    const runningList = stats.running.length
+      ? h(
+          "ul",
+          { class: "stale-list", id: "running-list" },
+          stats.running.map((job) =>
+            h(
+              "li",
+              {},
+              h("a", { href: href(job.kind === "backup" ? `/backups/${job.id}` : `/restores/${job.id}`) }, `${t(`overview.kind.${job.kind}`)} ${job.source}`),
+              " · ",
+              percent((job.progress?.percent ?? 0) / 100),
+            ),
+          ),
+        )
+      : null;
+    const rates = stats.success_rates || {};
     grid.replaceChildren(
       card("card-status", t("overview.byStatus"), t("overview.total", { count: number(stats.backups.total) }), byStatus),
-      card("card-success", t("overview.successRate"), percent(stats.success_rate), t("overview.successHelp")),
+      card("card-success", t("overview.successRate"), percent(stats.success_rate), [
+        h("p", {}, t("overview.successHelp")),
+        h("p", {}, t("overview.successWindows", { week: percent(rates["7d"]), month: percent(rates["30d"]) })),
+      ]),
       card(
         "card-bytes",
         t("overview.stored"),
@@ -81,11 +97,12 @@ export async function render(ctx) {
         "card-running",
         t("overview.running"),
         h("a", { href: href("/backups", { status: "running" }) }, number(counts.running + counts.pending)),
-        t("overview.runningHelp", { running: number(counts.running), pending: number(counts.pending) }),
+        [h("p", {}, t("overview.runningHelp", { running: number(counts.running), pending: number(counts.pending) })), runningList],
       ),
-      card("card-stale", t("overview.stale"), number(stale.length), [
-        h("p", {}, t("overview.staleHelp", { hours: STALE_HOURS })),
-        staleList,
+      card("card-overdue", t("overview.overdue"), h("span", { id: "overdue-count" }, number(overdue.length)), [
+        h("p", {}, t("overview.overdueHelp")),
+        overdueList,
+        unscheduled.length ? h("p", { class: "help" }, t("overview.unscheduled", { count: number(unscheduled.length) })) : null,
       ]),
     );
   }

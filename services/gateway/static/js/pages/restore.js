@@ -277,7 +277,7 @@ export async function render(ctx) {
           "div",
           { class: "card", id: "restore-card", dataset: { restore: restore.id } },
           h("h2", {}, t("restore.result")),
-          h("p", {}, statusBadge(restore.status, "restore-status"), " ", h("a", { href: href(`/backups/${restore.backup_id}`) }, restore.id)),
+          h("p", {}, statusBadge(restore.status, "restore-status"), " ", h("a", { href: href(`/restores/${restore.id}`), id: "restore-job-link" }, t("restore.jobLink", { id: restore.id }))),
           ACTIVE.includes(restore.status) ? h("progress", { max: "100", value: p.percent ?? 0, "aria-label": percent((p.percent ?? 0) / 100) }) : null,
           restore.error ? h("p", { class: "error" }, `${restore.error.code}: ${restore.error.message}`) : null,
           reportView(restore.report),

@@ -1,9 +1,11 @@
-import { api, errorText } from "../api.js";
+import { api, errorText, request } from "../api.js";
 import { announce, facts, field, h, heading, statusBadge } from "../dom.js";
 import { dateTime, number } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
 import { session } from "../session.js";
+import { policyFields, policyText, previewTable } from "../retention.js";
+import { apiErrorText } from "../scheduleform.js";
 import { busy, sortableTable } from "../widgets.js";
 import { exportButton } from "./backup.js";
 
@@ -81,6 +83,70 @@ async function exportSection(source) {
   return section;
 }
 
+/** The source's retention policy: shown, edited (PUT), removed (DELETE), previewed. */
+async function retentionSection(source) {
+  const { policy } = await api.get(`/api/v1/sources/${encodeURIComponent(source.id)}/retention`);
+  const current = h("p", { id: "retention-current" }, policyText(policy));
+  const fields = policyFields(policy, "source-retention");
+  const error = h("p", { class: "error", id: "retention-error", role: "alert" });
+  const previewBox = h("div", { id: "retention-preview-box", "aria-live": "polite" });
+  const preview = h("button", { type: "button", class: "btn", id: "retention-preview-run" }, t("retention.preview"));
+  const write = session.can("write");
+  const save = write ? h("button", { type: "submit", class: "btn primary", id: "retention-save" }, t("retention.save")) : null;
+  const remove = write && policy ? h("button", { type: "button", class: "btn", id: "retention-remove" }, t("retention.remove")) : null;
+  const path = `/api/v1/sources/${encodeURIComponent(source.id)}/retention`;
+  const show = (saved) => {
+    current.textContent = policyText(saved.policy);
+    previewBox.replaceChildren();
+  };
+  const attempt = (button, action) =>
+    busy(button, async () => {
+      error.textContent = "";
+      try {
+        await action();
+      } catch (err) {
+        error.textContent = apiErrorText(err);
+      }
+    });
+  preview.addEventListener("click", () =>
+    attempt(preview, async () => {
+      // the policy in the form, saved or not: try a rule before making it the rule
+      previewBox.replaceChildren(await previewTable({ source: source.id }, fields.read()));
+    }),
+  );
+  remove?.addEventListener("click", () =>
+    attempt(remove, async () => {
+      show(await api.del(path));
+      announce(t("retention.removedPolicy"));
+    }),
+  );
+  const form = h(
+    "form",
+    { class: "card", id: "source-retention", "aria-labelledby": "retention-title", novalidate: true },
+    h("h2", { id: "retention-title" }, t("retention.title")),
+    current,
+    h("p", { class: "help" }, t("retention.help")),
+    write ? fields.fieldset : null,
+    error,
+    h("div", { class: "actions" }, preview, save, remove),
+    previewBox,
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!save) return;
+    attempt(save, async () => {
+      const policyNow = fields.read();
+      if (!policyNow) {
+        error.textContent = t("retention.empty");
+        return;
+      }
+      show(await request("PUT", path, { body: policyNow }));
+      announce(t("retention.saved"));
+    });
+  });
+  return form;
+}
+
 export async function render(ctx) {
   const { main, params } = ctx;
   const source = await api.get(`/api/v1/sources/${encodeURIComponent(params.id)}`);
@@ -112,6 +178,7 @@ export async function render(ctx) {
     );
     actions.append(backupNow);
   }
+  actions.append(h("a", { class: "btn", id: "source-schedules", href: href("/schedules", { source: source.id }) }, t("source.schedules")));
   const recent = (await api.get("/api/v1/backups", { source: source.id, per_page: 5 })).items;
   main.append(
     heading(t("source.title", { name: source.name })),
@@ -147,6 +214,7 @@ export async function render(ctx) {
         recent,
       ),
     ),
+    await retentionSection(source),
     source.driver === "sql" && session.can("write") ? await exportSection(source) : null,
     clearBox,
   );
