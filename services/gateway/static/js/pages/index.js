@@ -8,9 +8,9 @@ export const PAGES = [
   { id: "backup", path: "/backups/:id", needs: "read", load: () => import("./backup.js") },
   { id: "restore", path: "/restore", nav: "nav.restore", needs: "write", load: () => import("./restore.js") },
   { id: "restorejob", path: "/restores/:id", needs: "read", load: () => import("./restorejob.js") },
-  { id: "schedules", path: "/schedules", nav: "nav.schedules", needs: "read", load: () => import("./schedules.js") },
-  { id: "schedule", path: "/schedules/:id", needs: "read", load: () => import("./schedule.js") },
   { id: "sources", path: "/sources", nav: "nav.sources", needs: "read", load: () => import("./sources.js") },
   { id: "source", path: "/sources/:id", needs: "read", load: () => import("./source.js") },
+  { id: "schedules", path: "/schedules", nav: "nav.schedules", needs: "read", load: () => import("./schedules.js") },
+  { id: "schedule", path: "/schedules/:id", needs: "read", load: () => import("./schedule.js") },
   { id: "audit", path: "/audit", nav: "nav.audit", needs: "audit", load: () => import("./audit.js") },
 ];
