@@ -610,7 +610,6 @@ def test_retention_preview_and_legal_hold(tab: Tab, platform: Platform, tmp_path
     expect(section.locator("#retention-current")).to_have_text("Keep daily: 7")
     policy = platform.admin.get(f"/api/v1/sources/{source['id']}/retention").json()["policy"]
     assert policy["keep_daily"] == 7, policy
-    tab.open(f"#/sources/{source['id']}")
     section.get_by_role("button", name="Remove policy").click()
     expect(section.locator("#retention-current")).to_have_text("no policy: every backup is kept")
     assert platform.admin.get(f"/api/v1/sources/{source['id']}/retention").json()["policy"] is None

@@ -93,10 +93,11 @@ async function retentionSection(source) {
   const preview = h("button", { type: "button", class: "btn", id: "retention-preview-run" }, t("retention.preview"));
   const write = session.can("write");
   const save = write ? h("button", { type: "submit", class: "btn primary", id: "retention-save" }, t("retention.save")) : null;
-  const remove = write && policy ? h("button", { type: "button", class: "btn", id: "retention-remove" }, t("retention.remove")) : null;
+  const remove = write ? h("button", { type: "button", class: "btn", id: "retention-remove", hidden: !policy }, t("retention.remove")) : null;
   const path = `/api/v1/sources/${encodeURIComponent(source.id)}/retention`;
   const show = (saved) => {
     current.textContent = policyText(saved.policy);
+    if (remove) remove.hidden = !saved.policy;
     previewBox.replaceChildren();
   };
   const attempt = (button, action) =>
