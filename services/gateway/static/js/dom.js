@@ -151,3 +151,8 @@ export function parseObject(text) {
     return { error: t("common.invalidJson", { message: err.message }) };
   }
 }
+
+/** Append children, skipping null and false (the native append would print "null"). */
+export function appendAll(el, ...children) {
+  return append(el, children);
+}

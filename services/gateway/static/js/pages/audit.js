@@ -1,5 +1,5 @@
 import { api } from "../api.js";
-import { announce, field, h, heading, select } from "../dom.js";
+import { announce, appendAll, field, h, heading, select } from "../dom.js";
 import { dateTime, dayBoundary } from "../format.js";
 import { t } from "../i18n.js";
 import { navigate } from "../router.js";
@@ -62,7 +62,7 @@ export async function render(ctx) {
       cell: (r) => h("span", { class: `badge outcome-${r.outcome}` }, t(`audit.outcome.${r.outcome}`)),
     },
   ];
-  main.append(
+  appendAll(main, 
     heading(t("audit.title")),
     h("div", { class: "actions" }, verify),
     verifyResult,

@@ -1,5 +1,5 @@
 import { api, download, errorText } from "../api.js";
-import { announce, confirmDialog, facts, h, heading, statusBadge } from "../dom.js";
+import { announce, appendAll, confirmDialog, facts, h, heading, statusBadge } from "../dom.js";
 import { bytes, dateTime, number } from "../format.js";
 import { ACTIVE, cancelButton, followJob, logSection, progressBlock } from "../jobs.js";
 import { t } from "../i18n.js";
@@ -138,7 +138,7 @@ function actions(backup, refresh) {
 export async function render(ctx) {
   const { main, params } = ctx;
   const body = h("div", { id: "backup-detail" });
-  main.append(heading(t("backup.title", { id: params.id })), body);
+  appendAll(main, heading(t("backup.title", { id: params.id })), body);
   const log = logSection("backup");
   let lastState = null;
   let tables = null;
@@ -153,7 +153,7 @@ export async function render(ctx) {
     // polling never takes the keyboard focus away.
     if (state !== lastState) summary = summaryCard(backup, refresh);
     await log.refresh(backup.id);
-    body.replaceChildren(summary, progressBlock("backup", backup), tables, log.section);
+    body.replaceChildren(...[summary, progressBlock("backup", backup), tables, log.section].filter(Boolean));
     if (lastState && lastState.split("/")[0] !== backup.status) announce(`${t("common.status")}: ${t(`status.${backup.status}`)}`);
     lastState = state;
     return ACTIVE.includes(backup.status) || verifying;

@@ -1,5 +1,5 @@
 import { api } from "../api.js";
-import { announce, field, h, heading, select } from "../dom.js";
+import { announce, appendAll, field, h, heading, select } from "../dom.js";
 import { bytes, dateTime, dayBoundary } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
@@ -134,7 +134,7 @@ export async function render(ctx) {
     { label: t("backups.col.size"), sort: "stored", cell: (b) => bytes(b.size?.stored) },
     { label: t("backups.col.note"), cell: (b) => b.note || "" },
   ];
-  main.append(
+  appendAll(main, 
     heading(t("backups.title")),
     session.can("write") && sources.length ? await createForm(sources) : null,
     filterForm(query, sources, await tenantField("tenant", query.get("tenant"))),

@@ -1,5 +1,5 @@
 import { api } from "../api.js";
-import { h, heading } from "../dom.js";
+import { appendAll, h, heading } from "../dom.js";
 import { bytes, duration, number, percent, relative } from "../format.js";
 import { t } from "../i18n.js";
 import { href } from "../router.js";
@@ -20,7 +20,7 @@ function card(id, title, value, detail) {
 export async function render(ctx) {
   const { main } = ctx;
   const grid = h("div", { class: "cards", id: "overview-cards" });
-  main.append(heading(t("overview.title")), grid);
+  appendAll(main, heading(t("overview.title")), grid);
 
   async function refresh() {
     const stats = await api.get("/api/v1/stats");

@@ -1,6 +1,6 @@
 // The restore flow, one step at a time: backup, target, mode and contents, review.
 import { api, errorText } from "../api.js";
-import { announce, facts, field, h, heading, parseObject, select, statusBadge } from "../dom.js";
+import { announce, appendAll, facts, field, h, heading, parseObject, select, statusBadge } from "../dom.js";
 import { dateTime, number, percent } from "../format.js";
 import { t } from "../i18n.js";
 import { href } from "../router.js";
@@ -74,9 +74,9 @@ export async function render(ctx) {
       announce(errorText(err), "error");
     }
   }
-  main.append(heading(t("restore.title")));
+  appendAll(main, heading(t("restore.title")));
   if (!backups.length) {
-    main.append(h("p", {}, t("restore.noBackups")));
+    appendAll(main, h("p", {}, t("restore.noBackups")));
     return;
   }
 
@@ -88,7 +88,7 @@ export async function render(ctx) {
   );
   const panel = h("div", { class: "card step-panel", id: "restore-step" });
   const result = h("section", { id: "restore-result", "aria-live": "polite" });
-  main.append(stepList, panel, result);
+  appendAll(main, stepList, panel, result);
 
   // -- the controls of every step, kept across steps so going back keeps the answers
   const backupSelect = select(

@@ -1,7 +1,7 @@
 // One restore job: status, live progress with rate and time left, its log, its report,
 // and cancel while it is pending or running.
 import { api } from "../api.js";
-import { announce, facts, h, heading, statusBadge } from "../dom.js";
+import { announce, appendAll, facts, h, heading, statusBadge } from "../dom.js";
 import { dateTime, number } from "../format.js";
 import { t } from "../i18n.js";
 import { ACTIVE, cancelButton, followJob, logSection, progressBlock } from "../jobs.js";
@@ -38,7 +38,7 @@ function summaryCard(restore, refresh) {
 export async function render(ctx) {
   const { main, params } = ctx;
   const body = h("div", { id: "restore-detail" });
-  main.append(heading(t("restoreJob.title", { id: params.id })), body);
+  appendAll(main, heading(t("restoreJob.title", { id: params.id })), body);
   const log = logSection("restore");
   let lastState = null;
   let summary = null;
@@ -48,7 +48,7 @@ export async function render(ctx) {
     const state = `${restore.status}/${restore.cancel_requested_at}`;
     if (state !== lastState) summary = summaryCard(restore, refresh);
     await log.refresh(restore.id);
-    body.replaceChildren(summary, progressBlock("restore", restore), reportView(restore.report), log.section);
+    body.replaceChildren(...[summary, progressBlock("restore", restore), reportView(restore.report), log.section].filter(Boolean));
     if (lastState && lastState.split("/")[0] !== restore.status) announce(`${t("common.status")}: ${t(`status.${restore.status}`)}`);
     lastState = state;
     return ACTIVE.includes(restore.status);

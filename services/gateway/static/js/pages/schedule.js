@@ -1,7 +1,7 @@
 // One schedule: what it backs up and when, its next run and last result, enable or
 // disable, edit, delete, and the preview of what its retention policy would remove.
 import { api } from "../api.js";
-import { announce, facts, h, heading } from "../dom.js";
+import { announce, appendAll, facts, h, heading } from "../dom.js";
 import { dateTime } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
@@ -36,7 +36,7 @@ export async function render(ctx) {
     }),
   );
   const sources = write ? (await api.get("/api/v1/sources", { tenant: session.isAdmin ? schedule.tenant : undefined })).items : [];
-  main.append(
+  appendAll(main, 
     heading(t("schedule.title", { name: schedule.name })),
     h(
       "section",

@@ -1,7 +1,7 @@
 // Schedules: every schedule with its next run and last result; enable, disable, delete
 // from the list; create one below (a source's page links here with ?source=ID).
 import { api } from "../api.js";
-import { announce, confirmDialog, h, heading, statusBadge } from "../dom.js";
+import { announce, appendAll, confirmDialog, h, heading, statusBadge } from "../dom.js";
 import { dateTime } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
@@ -126,7 +126,7 @@ export async function render(ctx) {
     });
   }
   const source = wanted ? sources.items.find((s) => s.id === wanted) : null;
-  main.append(
+  appendAll(main, 
     heading(t("schedules.title")),
     source
       ? h("p", {}, t("schedules.forSource", { name: source.name }), " ", h("a", { href: href("/schedules") }, t("schedules.showAll")))

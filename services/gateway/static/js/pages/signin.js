@@ -1,5 +1,5 @@
 import { ApiError, errorText } from "../api.js";
-import { announce, field, h } from "../dom.js";
+import { announce, appendAll, field, h } from "../dom.js";
 import { t } from "../i18n.js";
 import { signIn } from "../session.js";
 
@@ -37,6 +37,6 @@ export async function render({ main, onSignedIn }) {
       submit.disabled = false;
     }
   });
-  main.append(form);
+  appendAll(main, form);
   token.focus();
 }

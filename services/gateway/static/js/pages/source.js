@@ -1,5 +1,5 @@
 import { api, errorText, request } from "../api.js";
-import { announce, facts, field, h, heading, statusBadge } from "../dom.js";
+import { announce, appendAll, facts, field, h, heading, statusBadge } from "../dom.js";
 import { dateTime, number } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
@@ -181,7 +181,7 @@ export async function render(ctx) {
   }
   actions.append(h("a", { class: "btn", id: "source-schedules", href: href("/schedules", { source: source.id }) }, t("source.schedules")));
   const recent = (await api.get("/api/v1/backups", { source: source.id, per_page: 5 })).items;
-  main.append(
+  appendAll(main, 
     heading(t("source.title", { name: source.name })),
     h(
       "section",

@@ -1,5 +1,5 @@
 import { api } from "../api.js";
-import { announce, field, h, heading, parseObject, select } from "../dom.js";
+import { announce, appendAll, field, h, heading, parseObject, select } from "../dom.js";
 import { dateTime } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
@@ -62,7 +62,7 @@ export async function render(ctx) {
     { label: t("common.driver"), key: (s) => s.driver, cell: (s) => s.driver },
     { label: t("common.created"), key: (s) => s.created_at, cell: (s) => dateTime(s.created_at) },
   ];
-  main.append(
+  appendAll(main, 
     heading(t("sources.title")),
     session.can("write") ? await createForm() : null,
     sortableTable(t("sources.caption"), columns, items),
