@@ -141,9 +141,41 @@ def test_every_text_key_is_in_the_catalog() -> None:
         ("driver", ("filesystem", "sql", "postgres", "s3")),
         ("backups.scope", ("all", "databases", "files")),
         ("restore.changes", ("create", "update", "delete")),
+        ("job.level", ("debug", "info", "warning", "error")),
+        ("job.cancelText", ("backup", "restore")),
+        ("schedules.every", ("daily", "weekly", "monthly")),
+        ("schedules.weekday", ("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
+        ("schedules", ("enableLabel", "disableLabel", "enabledNow", "disabledNow")),
+        ("backups.kind", ("files", "database", "bucket")),
+        ("overview.kind", ("backup", "restore")),
+        ("lang", ("en", "ar")),
+        (
+            "retention",
+            (
+                "keep_last",
+                "keep_hourly",
+                "keep_daily",
+                "keep_weekly",
+                "keep_monthly",
+                "keep_yearly",
+            ),
+        ),
     ):
         for name in names:
             assert f"{prefix}.{name}" in CATALOG, f"{prefix}.{name}"
+
+
+def test_second_catalog_is_right_to_left_and_only_translates_known_keys() -> None:
+    """A partial catalog: what it lacks falls back to English (i18n.js), so every key it
+    has must exist in English and every language the picker offers needs a catalog."""
+    arabic = json.loads((STATIC_ROOT / "i18n" / "ar.json").read_text(encoding="utf-8"))
+    assert arabic["$dir"] == "rtl" and arabic["$lang"] == "ar"
+    assert set(arabic) - set(CATALOG) == set()
+    assert len(arabic) < len(CATALOG)  # partial on purpose: the fallback is exercised
+    offered = re.search(r"AVAILABLE = \[([^\]]*)\]", (STATIC_ROOT / "js" / "i18n.js").read_text())
+    assert offered is not None
+    for lang in re.findall(r'"(\w+)"', offered.group(1)):
+        assert (STATIC_ROOT / "i18n" / f"{lang}.json").is_file(), lang
 
 
 def test_stylesheet_uses_logical_properties() -> None:
