@@ -564,6 +564,7 @@ def test_retention_preview_and_legal_hold(tab: Tab, platform: Platform, tmp_path
     tab.open(f"#/sources/{source['id']}")
     section = page.locator("#source-retention")
     expect(section.locator("#retention-current")).to_have_text("no policy: every backup is kept")
+    expect(section.get_by_role("button", name="Remove policy")).to_be_hidden()
     section.get_by_label("Keep last").fill("1")
     section.get_by_role("button", name="Preview").click()
     preview = page.locator("#retention-preview")
@@ -612,6 +613,7 @@ def test_retention_preview_and_legal_hold(tab: Tab, platform: Platform, tmp_path
     assert policy["keep_daily"] == 7, policy
     section.get_by_role("button", name="Remove policy").click()
     expect(section.locator("#retention-current")).to_have_text("no policy: every backup is kept")
+    expect(section.get_by_role("button", name="Remove policy")).to_be_hidden()
     assert platform.admin.get(f"/api/v1/sources/{source['id']}/retention").json()["policy"] is None
 
 
