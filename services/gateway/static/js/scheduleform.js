@@ -54,6 +54,16 @@ export async function scheduleForm({ schedule, sources, onSaved }) {
   const sourceBox = h("div", { hidden: isScope }, field(t("common.source"), sourceSelect));
   const scopeBox = h("div", { hidden: !isScope }, field(t("backups.scope"), scopeSelect));
 
+  if (tenant) {
+    // an admin picks the tenant first; the source list then offers that tenant's only
+    if (sources[0] && [...tenant.options].some((o) => o.value === sources[0].tenant)) tenant.value = sources[0].tenant;
+    const offer = () => {
+      const mine = sources.filter((s) => s.tenant === tenant.value);
+      sourceSelect.replaceChildren(...mine.map((s) => h("option", { value: s.id }, `${s.name} (${s.tenant})`)));
+    };
+    tenant.addEventListener("change", offer);
+    offer();
+  }
   const usePreset = Boolean(schedule?.preset);
   const whenName = `${prefix}-when`;
   const cron = h("input", { type: "text", name: "cron", value: usePreset ? "" : (schedule?.cron ?? ""), spellcheck: false, id: `${prefix}-cron`, placeholder: "30 2 * * *" });
