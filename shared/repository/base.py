@@ -62,6 +62,17 @@ class BackupWriter(ABC):
     def add(self, entry: Entry, content: BinaryIO | None = None) -> None:
         """Append ``entry``; for files, ``content`` yields exactly ``entry.size`` bytes."""
 
+    def unchanged(self, entry: Entry) -> bool:
+        """True when ``add(entry)`` with no content will take the file from the parent
+        backup, so a driver need not open it (an unchanged tree is then a stat-only
+        walk). The default knows of no parent."""
+        return False
+
+    def parent_totals(self) -> tuple[int, int] | None:
+        """``(logical bytes, entries)`` of the parent backup, or ``None``: a progress
+        denominator that spares a driver a counting pass over an incremental source."""
+        return None
+
     @abstractmethod
     def commit(self, info: dict[str, Any]) -> BackupSummary:
         """Seal the backup (``info`` goes into its manifest) and make it visible."""

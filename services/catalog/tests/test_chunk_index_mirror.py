@@ -1,4 +1,5 @@
-"""The chunk index mirror must not hold the SQLite write lock across store reads.
+"""The chunk index mirror and the catalog rebuild must not hold the SQLite write lock
+across store reads.
 
 The bug it guards against: on S3, ``mirror_packs`` inserted rows and then read the
 next pack index from the store inside the same transaction. The S3 read is green
@@ -26,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from services.catalog import chunk_index
 from services.catalog.db import upgrade_schema
-from services.catalog.models import Chunk, Tenant
+from services.catalog.models import Backup, Chunk, Tenant
+from services.catalog.rebuild import rebuild
 from shared.database import make_engine
 from shared.repository import Entry
 from shared.repository.chunked import ChunkedRepository
@@ -61,27 +63,39 @@ class _ReadsWatched:
         return self._repo.pack_index(tenant, pack_id)
 
 
-def test_mirror_lets_other_greenthreads_write_during_s3_reads(
-    tmp_path: Path, s3_store_url: str
-) -> None:
-    repo, packs, chunks = _backup(s3_store_url)
-    db_url = f"sqlite:///{tmp_path}/catalog.db"
+def _catalog(db_url: str, tenant: bool) -> Any:
     engine = make_engine(db_url)
     upgrade_schema(engine)
-    with Session(engine) as session:
-        session.add(Tenant(name="acme"))
-        session.commit()
-    # The other writer: another catalog request, on its own connection. Its busy
-    # timeout is short so that the lock-up shows as an error in about a second
-    # (the service's 30 s would block the whole process for 30 s, then fail alike).
+    if tenant:
+        with Session(engine) as session:
+            session.add(Tenant(name="acme"))
+            session.commit()
+    return engine
+
+
+def _other_writer(db_url: str) -> tuple[Any, Callable[[], None]]:
+    """Another catalog request writing on its own connection. Its busy timeout is
+    short so that the lock-up shows as an error in about a second (the service's
+    30 s would block the whole process for 30 s, then fail alike)."""
     other = make_engine(db_url)
 
     def other_write() -> None:
         with other.connect() as conn:
             conn.execute(text("PRAGMA busy_timeout=1000"))
-            conn.execute(text("UPDATE tenants SET name = name WHERE name = 'acme'"))
+            conn.execute(text("CREATE TABLE IF NOT EXISTS probe (n INTEGER)"))
+            conn.execute(text("INSERT INTO probe VALUES (1)"))
             conn.commit()
 
+    return other, other_write
+
+
+def test_mirror_lets_other_greenthreads_write_during_s3_reads(
+    tmp_path: Path, s3_store_url: str
+) -> None:
+    repo, packs, chunks = _backup(s3_store_url)
+    db_url = f"sqlite:///{tmp_path}/catalog.db"
+    engine = _catalog(db_url, tenant=True)
+    other, other_write = _other_writer(db_url)
     watched = _ReadsWatched(repo, other_write)
     with Session(engine) as session:
         added = chunk_index.mirror_packs(session, watched, "acme", packs)
@@ -91,5 +105,56 @@ def test_mirror_lets_other_greenthreads_write_during_s3_reads(
         writer.wait()  # OperationalError("database is locked") before the fix
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Chunk)) == chunks == added
+    engine.dispose()
+    other.dispose()
+
+
+class _RebuildReadsWatched:
+    """The repository as the rebuild reads it, starting another writer greenthread
+    before each manifest read and before each pack of the chunk index."""
+
+    def __init__(self, repo: ChunkedRepository, write: Callable[[], None]) -> None:
+        self._repo = repo
+        self._write = write
+        self.writers: list[GreenThread] = []
+
+    def backups(self) -> Any:
+        return self._repo.backups()
+
+    def manifest(self, tenant: str, backup_id: str) -> dict[str, Any]:
+        self.writers.append(eventlet.spawn(self._write))
+        return self._repo.manifest(tenant, backup_id)
+
+    def chunk_index(self, tenant: str) -> Any:
+        pack = None
+        for row in self._repo.chunk_index(tenant):
+            if row["pack_id"] != pack:
+                pack = row["pack_id"]
+                self.writers.append(eventlet.spawn(self._write))
+                eventlet.sleep(0)  # as a green S3 read does: the writer runs now
+            yield row
+
+
+def test_rebuild_lets_other_greenthreads_write_during_s3_reads(
+    tmp_path: Path, s3_store_url: str
+) -> None:
+    repo, packs, chunks = _backup(s3_store_url)
+    with repo.writer("acme", "b2", parent_id="b1") as writer:
+        writer.add(Entry(path="new", size=5), io.BytesIO(b"fresh"))
+        writer.commit({})
+    db_url = f"sqlite:///{tmp_path}/catalog.db"
+    engine = _catalog(db_url, tenant=False)
+    other, other_write = _other_writer(db_url)
+    watched = _RebuildReadsWatched(repo, other_write)
+    with Session(engine) as session:
+        report = rebuild(session, watched)
+    assert len(watched.writers) >= 2 + len(packs)
+    for writer in watched.writers:
+        writer.wait()  # OperationalError("database is locked") before the fix
+    assert report["backups_created"] == report["backups_found"] == 2
+    with Session(engine) as session:
+        assert sorted(session.scalars(select(Backup.id))) == ["b1", "b2"]
+        assert session.scalar(select(func.count()).select_from(Chunk)) == report["chunks"]
+        assert report["chunks"] > chunks
     engine.dispose()
     other.dispose()

@@ -133,6 +133,9 @@ class ChunkedWriter(BackupWriter):
         self._tree: list[tuple[str, int]] = []
         self._new: set[bytes] = set()
         self._parent: _ParentCursor | None = None
+        #: The last entry :meth:`unchanged` was asked about, and its answer.
+        self._checked: tuple[Entry, Any] | None = None
+        self._parent_totals: tuple[int, int] | None = None
         self._parent_pool: ThreadPoolExecutor | None = None
         self._packer: PackWriter | None = None
 
@@ -195,6 +198,12 @@ class ChunkedWriter(BackupWriter):
         ).with_lines()
         self._parent = _ParentCursor(records, parent_id)
         self.parent_id = parent_id
+        logical, entries = manifest.get("logical_bytes"), manifest.get("entries")
+        if type(logical) is int and type(entries) is int and logical >= 0 and entries >= 0:
+            self._parent_totals = (logical, entries)
+
+    def parent_totals(self) -> tuple[int, int] | None:
+        return self._parent_totals
 
     def _close_parent(self) -> None:
         if self._parent is not None:
@@ -204,10 +213,20 @@ class ChunkedWriter(BackupWriter):
             self._parent_pool.shutdown(wait=True, cancel_futures=True)
             self._parent_pool = None
 
+    def unchanged(self, entry: Entry) -> bool:
+        if entry.type != "file":
+            return False
+        # add() gets this same entry next: the answer is kept for it.
+        self._checked = (entry, self._reusable(entry))
+        return self._checked[1] is not None
+
     def _reusable(self, entry: Entry) -> tuple[list[tuple[bytes, int]], bytes | None] | None:
         """The parent's chunk list for an unchanged file, or ``None``; with the
         parent's line when it is exactly the line this entry gets (then it is written
         as is: encoding it again was a good part of an unchanged backup)."""
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] is entry:
+            return checked[1]
         if self._parent is None:
             return None
         record = self._parent.find(tuple(entry.path.split("/")))
