@@ -24,8 +24,8 @@ Protocol (``SOCK_SEQPACKET``: one message is one datagram):
 
 In the job process: stdio are the given descriptors, every other descriptor is
 closed, the environment is exactly ``env`` (``MALLOC_ARENA_MAX`` applied with
-``mallopt``, since glibc reads it only at start), signals are back to their defaults,
-and the module runs as ``__main__``, as ``python -m`` would run it.
+``mallopt``, since glibc reads it only at start), signals are as a fresh interpreter
+sets them, and the module runs as ``__main__``, as ``python -m`` would run it.
 """
 
 from __future__ import annotations
@@ -71,8 +71,13 @@ def _apply_malloc_env(env: dict[str, str]) -> None:
 def _become_job(module: str, env: dict[str, str], stdio: list[int]) -> int:
     """In the forked process: take the job's stdio and environment, run ``module``."""
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+    # As a fresh ``python`` has them: SIGPIPE and SIGXFSZ ignored (a write to a closed
+    # pipe is an error, not death), SIGINT raising KeyboardInterrupt, the rest default.
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))

@@ -24,7 +24,11 @@ if __name__ == "__main__":
                 "argv": sys.argv,
                 "pid": os.getpid(),
                 "ppid": os.getppid(),
-                "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                "signals": [
+                    signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                    signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN,
+                    signal.getsignal(signal.SIGINT) == signal.default_int_handler,
+                ],
                 "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
             }
         )
