@@ -1197,8 +1197,7 @@ def test_parallel_sessions_report_errors_and_stop_on_cancel(databases: Databases
             gone = {**wide, "name": "gone"}
             with pytest.raises(SourceUnavailable, match='relation "gone" does not exist'):
                 b"".join(pgcopy.psql_lines(psql, env, conn, gone, Progress(), [0], ranges, 2))
-        with sql_connect.snapshot(engine) as conn:
-            with pytest.raises(InterruptedError):
-                b"".join(pgcopy.psql_lines(psql, env, conn, wide, Progress(0), [0], ranges, 2))
+        with sql_connect.snapshot(engine) as conn, pytest.raises(InterruptedError):
+            b"".join(pgcopy.psql_lines(psql, env, conn, wide, Progress(0), [0], ranges, 2))
     finally:
         engine.dispose()
