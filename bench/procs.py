@@ -162,9 +162,10 @@ class TreeSampler(threading.Thread):
             for pid in kids:
                 if pid not in self.all_children:
                     self.all_children[pid] = cmdline(pid)
-                if ZYGOTE in self.all_children[pid]:
-                    # The idle job zygote: its pages are shared with the job processes it
-                    # forks, whose RSS counts them already (and its children are walked).
+                if ZYGOTE in self.all_children[pid] and ppids.get(pid) == root:
+                    # The idle job zygote (the service's own child; the jobs it forks
+                    # carry its command line too): its pages are shared with those jobs,
+                    # whose RSS counts them already.
                     continue
                 figures = status_kb(pid, "VmRSS", "VmHWM")
                 total += figures.get("VmRSS", 0)
