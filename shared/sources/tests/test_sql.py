@@ -1201,3 +1201,58 @@ def test_parallel_sessions_report_errors_and_stop_on_cancel(databases: Databases
             b"".join(pgcopy.psql_lines(psql, env, conn, wide, Progress(0), [0], ranges, 2))
     finally:
         engine.dispose()
+
+
+def test_plain_tables_are_decoded_by_postgresql_on_restore(
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into PostgreSQL, from PostgreSQL: a table the restore creates (or empties with
+    ``replace``) whose columns all have server-encodable kinds is loaded by ``COPY`` into
+    a temporary table and one ``INSERT ... SELECT json_populate_record``; the rows are
+    those of the Python path, backslashes, quotes, Unicode and NULLs included."""
+    from shared.sources.sql import restore as sql_restore
+
+    used: list[str] = []
+    original = sql_restore.Restorer._server_insert
+
+    def spy(self: Any, conn: Any, plan: Any, content: Any) -> None:
+        used.append(plan.name)
+        original(self, conn, plan, content)
+
+    monkeypatch.setattr(sql_restore.Restorer, "_server_insert", spy)
+    source = databases.new("postgresql")
+    execute(
+        source,
+        "CREATE TABLE plain (id bigint PRIMARY KEY, body text, code char(3), flag boolean, "
+        "amount numeric(20,5), ratio numeric, ref uuid)",
+        "CREATE TABLE stamped (id int PRIMARY KEY, at timestamptz)",
+        "INSERT INTO stamped VALUES (1, '2026-01-02T03:04:05+00')",
+    )
+    engine = sa.create_engine(source)
+    with engine.begin() as conn:
+        for i, text in enumerate(PLAIN_STRINGS * 20):
+            conn.execute(
+                sa.text("INSERT INTO plain VALUES (:i, :t, :c, :f, :a, :r, :u)"),
+                {
+                    "i": i,
+                    "t": text,
+                    "c": None if i % 4 else "ab",
+                    "f": None if i % 5 == 0 else i % 2 == 0,
+                    "a": Decimal("-123456789012345.12345") if i % 2 else None,
+                    "r": Decimal("NaN") if i % 7 == 0 else Decimal(f"{i}.25"),
+                    "u": uuid.UUID(int=i * 7919) if i % 3 else None,
+                },
+            )
+    engine.dispose()
+    writer, _ = backup(source)
+    copy = databases.new("postgresql")
+    report = restore(writer, copy, "merge")
+    assert used == ["plain"]  # "stamped" has a timestamp: the Python path
+    assert snapshot(copy) == snapshot(source)
+    assert report["tables"]["plain"]["inserted"] == len(PLAIN_STRINGS) * 20
+    used.clear()
+    restore(writer, copy, "replace")
+    assert used == ["plain"] and snapshot(copy) == snapshot(source)
+    used.clear()
+    restore(writer, copy, "merge")  # into existing tables: upserts, the Python path
+    assert used == [] and snapshot(copy) == snapshot(source)
