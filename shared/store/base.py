@@ -71,6 +71,19 @@ class ObjectStore(ABC):
         with self.open(key) as fh:
             return fh.read()
 
+    def put_if_absent(self, key: str, payload: bytes) -> bool:
+        """Write ``payload`` at ``key`` only if nothing is there yet; ``True`` if written.
+
+        Why: almost every object is immutable or named by its content, so last-writer-wins
+        is harmless, but a tenant's first data key is not: two backups that each create
+        one would encrypt with different keys. Stores override this with an atomic
+        primitive; this fallback (check, then write) narrows the window without closing it.
+        """
+        if self.exists(key):
+            return False
+        self.put_bytes(key, payload)
+        return True
+
 
 def open_store(url: str) -> ObjectStore:
     """``file:///abs/dir`` or ``s3://KEY:SECRET@host:port/bucket[/prefix]?secure=false``."""

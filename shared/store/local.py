@@ -8,6 +8,7 @@ target, fsync, rename) and keys can never escape the root directory.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -58,6 +59,33 @@ class LocalStore(ObjectStore):
 
     def put(self, key: str, data: BinaryIO, length: int = -1) -> int:
         path = self._path(key)
+        temp, written = self._write_temp(key, path, data, length)
+        try:
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        self._fsync_dir(os.path.dirname(path))
+        return written
+
+    def put_if_absent(self, key: str, payload: bytes) -> bool:
+        # link(2) fails with EEXIST when the name is taken: an atomic create-only rename
+        # for a complete, fsynced file, so a reader never sees a partial object.
+        path = self._path(key)
+        temp, _ = self._write_temp(key, path, io.BytesIO(payload), len(payload))
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        self._fsync_dir(os.path.dirname(path))
+        return True
+
+    def _write_temp(self, key: str, path: str, data: BinaryIO, length: int) -> tuple[str, int]:
+        """Stream ``data`` into a fsynced temporary file beside ``path``."""
         directory = os.path.dirname(path)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -81,13 +109,11 @@ class LocalStore(ObjectStore):
                     )
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        self._fsync_dir(directory)
-        return written
+        return temp, written
 
     @staticmethod
     def _fsync_dir(directory: str) -> None:

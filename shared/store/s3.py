@@ -64,6 +64,14 @@ def _is_missing(exc: BaseException) -> bool:
     return isinstance(exc, InvalidResponseError) and getattr(exc, "_code", None) == 404
 
 
+def _is_taken(exc: BaseException) -> bool:
+    """A create-only PUT found the key taken (412), or lost a race in flight (409)."""
+    if isinstance(exc, S3Error):
+        return exc.code in ("PreconditionFailed", "ConditionalRequestConflict")
+    # moto labels this XML error text/html too, as with the 404 in ``_is_missing``.
+    return isinstance(exc, InvalidResponseError) and getattr(exc, "_code", None) in (409, 412)
+
+
 def _parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -293,6 +301,26 @@ class S3Store(ObjectStore):
             ),
         )
         return counting.count
+
+    def put_if_absent(self, key: str, payload: bytes) -> bool:
+        # S3 conditional write (``If-None-Match: *``, also MinIO and moto): the server
+        # refuses with 412 when the key exists, so exactly one of two racers wins. The
+        # public ``put_object`` would turn the header into user metadata, hence the
+        # SDK's own single-request PUT.
+        name = self._object(key)
+        self._call("creating the bucket", self._ensure_bucket)
+        try:
+            self.client._put_object(
+                self.bucket,
+                name,
+                payload,
+                {"If-None-Match": "*", "Content-Length": str(len(payload))},
+            )
+        except (MinioException, urllib3.exceptions.HTTPError) as exc:
+            if _is_taken(exc):
+                return False
+            raise self._unavailable(f"creating {key}", exc) from exc
+        return True
 
     def open(self, key: str) -> BinaryIO:  # _ObjectReader is its own context manager
         name = self._object(key)

@@ -166,15 +166,16 @@ class KeyRing:
         return TenantKeys.from_data_key(tenant, key_id, data_key)
 
     def _create(self, tenant: str) -> TenantKeys:
-        # No compare-and-swap on object stores: write, then re-read and use whatever
-        # is stored, so that of two simultaneous creators both end on the same key
-        # (the commit-time re-check catches the rare interleaving this misses).
+        # Create-only write: of two simultaneous first backups of a tenant, one stores
+        # its key and the other adopts it. Without this both wrote, and the commit-time
+        # re-check in the writer failed the loser with "key changed while the backup ran".
         key_id = secrets.token_hex(16)
         data_key = os.urandom(32)
-        self._store.put_bytes(
+        created = self._store.put_if_absent(
             fmt.tenant_key_key(tenant), _wrap(self._kek, tenant, key_id, data_key, fmt.now_iso())
         )
-        log.info("created the data key of tenant %s", tenant)
+        if created:
+            log.info("created the data key of tenant %s", tenant)
         stored = self._load(tenant)
         if stored is None:
             raise IntegrityError(

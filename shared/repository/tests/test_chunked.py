@@ -11,6 +11,7 @@ import sys
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import pytest
@@ -21,8 +22,10 @@ from shared.repository import BackupSummary, Entry, open_repository
 from shared.repository.chunked import ChunkedRepository, fetch
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import BlobError, open_blob
+from shared.repository.chunked.keys import KeyRing
 from shared.repository.chunked.writer import ChunkedWriter
 from shared.store import ObjectStore, open_store
+from shared.store.local import LocalStore
 
 MiB = 1024 * 1024
 MASTER = b"\x01" * 32
@@ -446,6 +449,54 @@ def test_wrong_master_key_is_refused_clearly(store: ObjectStore, repo: ChunkedRe
         wrong.verify("acme", "b1")
     # The refused writer left no lock behind.
     assert list(store.list(fmt.locks_prefix("acme"))) == []
+
+
+class _RacingStore(LocalStore):
+    """Forces the losing interleaving: every racer finds no key, then they write one
+    after another, each re-reading before the next one writes."""
+
+    def __init__(self, root: str, racers: int) -> None:
+        super().__init__(root)
+        self.all_looked = threading.Barrier(racers)
+        self.racer = threading.local()
+
+    def get_bytes(self, key: str) -> bytes:
+        if not getattr(self.racer, "looked", False):
+            self.racer.looked = True
+            try:
+                return super().get_bytes(key)
+            finally:
+                self.all_looked.wait()
+        return super().get_bytes(key)
+
+    def _stagger(self) -> None:
+        time.sleep(0.05 * self.racer.index)
+
+    def put_bytes(self, key: str, payload: bytes) -> int:
+        self._stagger()
+        return super().put_bytes(key, payload)
+
+    def put_if_absent(self, key: str, payload: bytes) -> bool:
+        self._stagger()
+        return super().put_if_absent(key, payload)
+
+
+def test_simultaneous_first_writers_of_a_tenant_share_one_key(tmp_path: Any) -> None:
+    """Two first backups of a new tenant, started together (a whole-tenant backup), must
+    both encrypt under the one stored key: before create-only key writes, each wrote
+    its own and the loser failed at commit with "key changed while the backup ran"."""
+    racers = 4
+    store = _RacingStore(str(tmp_path), racers)
+
+    def first_use(index: int) -> str:
+        store.racer.index = index
+        keys = KeyRing(store, MASTER).get("acme", create=True)
+        assert keys is not None
+        return keys.key_id
+
+    with ThreadPoolExecutor(racers) as pool:
+        key_ids = set(pool.map(first_use, range(racers)))
+    assert key_ids == {KeyRing(LocalStore(str(tmp_path)), MASTER).stored_key_id("acme")}
 
 
 def test_master_key_rotation_rewraps_without_rewriting_data(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -196,6 +198,32 @@ def test_failed_overwrite_keeps_old_version(store: ObjectStore) -> None:
     with pytest.raises(RuntimeError):
         store.put("obj", PatternReader(MiB, fail_after=1000))  # type: ignore[arg-type]
     assert store.get_bytes("obj") == b"version 1"
+
+
+def test_put_if_absent_writes_only_once(store: ObjectStore) -> None:
+    assert store.put_if_absent("keys/acme", b"first")
+    assert not store.put_if_absent("keys/acme", b"second")
+    assert store.get_bytes("keys/acme") == b"first"
+    assert list(store.list()) == ["keys/acme"]
+    if isinstance(store, LocalStore):
+        assert sorted(p.name for p in Path(store.root).rglob("*")) == ["acme", "keys"]
+
+
+def test_local_put_if_absent_has_exactly_one_winner(tmp_path: Path) -> None:
+    # Only the local store races here: moto's own check-then-write is not atomic
+    # under concurrent requests (real S3 and MinIO are), so racing it tests moto.
+    store = LocalStore(str(tmp_path))
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> bool:
+        barrier.wait()
+        return store.put_if_absent("k", f"writer {i}".encode())
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(race, range(8)))
+    assert results.count(True) == 1
+    assert store.get_bytes("k") == f"writer {results.index(True)}".encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
 
 
 def test_local_store_refuses_escaping_keys(tmp_path: Path) -> None:
