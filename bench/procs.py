@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+#: In the command line of a service's job zygote (shared/jobs/zygote.py).
+ZYGOTE = "shared.jobs.zygote"
 
 
 def free_port() -> int:
@@ -121,9 +123,10 @@ class TreeSampler(threading.Thread):
     """Samples the RSS of named process trees every ``interval`` seconds.
 
     ``roots`` maps a name (``backup``, ``restore``) to the service's pid; each tick
-    sums VmRSS of that pid and all its descendants (the job child processes) and
-    keeps the maximum, plus the VmHWM of each child (its own high-water mark, which
-    also covers peaks that fell between two ticks).
+    sums VmRSS of that pid and all its descendants (the job child processes; not the
+    job zygote, whose pages the jobs it forks share and count) and keeps the maximum,
+    plus the VmHWM of each child (its own high-water mark, which also covers peaks
+    that fell between two ticks).
     """
 
     def __init__(self, roots: dict[str, int], interval: float = 0.05) -> None:
@@ -157,11 +160,16 @@ class TreeSampler(threading.Thread):
             total, hwm = own, 0
             kids = descendants(root, ppids)
             for pid in kids:
+                if pid not in self.all_children:
+                    self.all_children[pid] = cmdline(pid)
+                if ZYGOTE in self.all_children[pid] and ppids.get(pid) == root:
+                    # The idle job zygote (the service's own child; the jobs it forks
+                    # carry its command line too): its pages are shared with those jobs,
+                    # whose RSS counts them already.
+                    continue
                 figures = status_kb(pid, "VmRSS", "VmHWM")
                 total += figures.get("VmRSS", 0)
                 hwm = max(hwm, figures.get("VmHWM", 0))
-                if pid not in self.all_children:
-                    self.all_children[pid] = cmdline(pid)
             with self._lock:
                 peak = self._peaks[name]
                 peak.samples += 1

@@ -41,6 +41,12 @@ are in, when its columns are nullable; ``replace`` clears such columns before it
 deletes. SQLite defers every foreign-key check to COMMIT instead. PostgreSQL runs with
 ``SET CONSTRAINTS ALL DEFERRED`` (which helps with deferrable constraints), and its
 sequences (serial and identity columns) are advanced past the restored ids.
+
+Speed: plain inserts into PostgreSQL go through ``COPY FROM``. A PostgreSQL backup
+restored into PostgreSQL lets the server decode the rows of a plain table it inserts
+into whole (see :meth:`Restorer._server_decodable`): its lines are copied into a
+temporary table and inserted through ``json_populate_record``, several times faster
+than decoding and converting each row here.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ from shared.sources.sql.connect import (
     session_setup,
 )
 from shared.sources.sql.filters import FilterError, RowFilter, coerce_literal, parse_filter
+from shared.sources.sql.pgcopy import SERVER_JSON
 from shared.sources.sql.schema import (
     FORMAT,
     SCHEMA_ENTRY,
@@ -711,7 +718,61 @@ class Restorer:
             return BATCH_ROWS
         return max(1, min(BATCH_ROWS, limit // max(1, len(plan.columns))))
 
+    def _server_decodable(self, conn: Connection | None, plan: _Plan) -> bool:
+        """Rows PostgreSQL can read from the JSON lines itself (:meth:`_server_insert`):
+        a PostgreSQL backup into PostgreSQL through pg8000, plain inserts (a table this
+        restore created, or ``replace``), every column of a kind the backup's server
+        encoding covers and of the same type on both sides, nothing to filter, defer or
+        override."""
+        return (
+            conn is not None
+            and self.same
+            and not self.dry_run
+            and self.dialect == "postgresql"
+            and conn.dialect.driver == "pg8000"
+            and (not plan.exists or self.mode == "replace")
+            and plan.restore_filter is None
+            and not plan.deferred
+            and not plan.identity_always
+            and all(
+                plan.src[c]["kind"] in SERVER_JSON and plan.src[c] == plan.dst[c]
+                for c in plan.columns
+            )
+        )
+
+    def _server_insert(self, conn: Connection, plan: _Plan, content: BinaryIO) -> None:
+        """``COPY`` the entry's lines into a temporary table, then one ``INSERT ... SELECT``
+        through ``json_populate_record``: the server decodes the rows, which costs a
+        fraction of decoding and converting each one in Python (15 µs a row)."""
+        q = conn.dialect.identifier_preparer.quote
+        lines = _CopyLines(content, self.progress)
+        columns = ", ".join(q(c) for c in plan.columns)
+        picked = ", ".join(f"r.{q(c)}" for c in plan.columns)
+        dbapi: Any = conn.connection.dbapi_connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(f"CREATE TEMP TABLE {_LINES_TABLE} (line text) ON COMMIT DROP")
+            cursor.execute(f"COPY {_LINES_TABLE} (line) FROM STDIN", stream=lines)
+            lines.raise_if_failed()
+            if self.progress.cancelled():
+                raise InterruptedError("cancelled")
+            cursor.execute(
+                f"INSERT INTO {q(plan.name)} ({columns}) SELECT {picked} FROM {_LINES_TABLE}, "
+                f"json_populate_record(NULL::{q(plan.name)}, {_LINES_TABLE}.line::json) AS r "
+                f"WHERE {_LINES_TABLE}.line <> ''"
+            )
+            plan.counts["inserted"] += max(0, int(cursor.rowcount))
+            cursor.execute(f"DROP TABLE {_LINES_TABLE}")
+        except conn.dialect.loaded_dbapi.Error as exc:  # pg8000 errors, not wrapped
+            lines.raise_if_failed()
+            raise self._failed(exc) from None
+        finally:
+            cursor.close()
+
     def _table(self, conn: Connection | None, plan: _Plan, content: BinaryIO) -> None:
+        if conn is not None and self._server_decodable(conn, plan):
+            self._server_insert(conn, plan, content)
+            return
         batch: list[dict[str, Any]] = []
         size = 0
         limit = self._batch_rows(plan)
@@ -1085,6 +1146,53 @@ class Restorer:
             report["created"] = list(self.created)
         report["notes"] = list(self.notes)
         return report
+
+
+#: The temporary table :meth:`Restorer._server_insert` copies a table's lines into.
+_LINES_TABLE = "coffer_restore_lines"
+
+
+class _CopyLines(io.RawIOBase):
+    """A table entry's JSON lines as ``COPY`` text (backslashes doubled: JSON text holds
+    no raw tab, newline or carriage return), reporting progress as it is read. A read
+    error (a chunk that fails its check) ends the stream early and is raised after the
+    ``COPY``, so that the connection is never left in the middle of one."""
+
+    def __init__(self, content: BinaryIO, progress: Progress) -> None:
+        self._content = content
+        self._progress = progress
+        self._failure: BaseException | None = None
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bytes:
+        if self._failure is not None:
+            return b""
+        try:
+            chunk = self._content.read(READ_CHUNK)
+        except Exception as exc:
+            self._failure = exc
+            return b""
+        if chunk:
+            self._progress.advance(bytes_done=len(chunk), items_done=chunk.count(b"\n"))
+        return chunk.replace(b"\\", b"\\\\") if b"\\" in chunk else chunk
+
+    def readinto(self, target: Any) -> int:
+        """(pg8000 reads a ``COPY FROM`` stream with ``readinto``.)"""
+        if not self._pending:
+            self._pending = memoryview(self._next())
+            if not self._pending:
+                return 0
+        size = min(len(target), len(self._pending))
+        target[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _copy_text(value: Any) -> str:

@@ -1134,3 +1134,125 @@ def test_server_encoded_reads_report_errors_and_stop_on_cancel(databases: Databa
                 b"".join(pgcopy.pg8000_lines(conn, wide, Progress(0), [0]))
     finally:
         engine.dispose()
+
+
+def test_big_tables_are_read_in_key_ranges_on_parallel_sessions(
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table with a single integer key and many rows is read in key ranges by two psql
+    sessions in the backup's snapshot: the same bytes as one session and as Python,
+    in key order, across gaps in the keys (empty ranges) and text that looks like the
+    sessions' range marker."""
+    monkeypatch.setattr(pgcopy, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(pgcopy, "RANGE_ROWS", 300)
+    url = databases.new("postgresql")
+    execute(
+        url,
+        "CREATE TABLE ranged (id bigint PRIMARY KEY, body text, flag boolean)",
+        "INSERT INTO ranged SELECT g, CASE WHEN g % 3 = 0 THEN E'#END\\n' "
+        "WHEN g % 3 = 1 THEN E'back\\\\slash' END, g % 2 = 0 "
+        "FROM generate_series(1, 1000) g",
+        "INSERT INTO ranged SELECT g, 'far', NULL FROM generate_series(9001, 10500) g",
+    )
+    engine = sql_connect.open_engine(url)
+    psql = shutil.which("psql")
+    assert psql, "the tests need psql (postgresql-client)"
+    try:
+        with sql_connect.snapshot(engine) as conn:
+            table = {**capture_schema(conn, ["ranged"])["tables"][0], "rows": 2500}
+            env = pgcopy.libpq_env(conn.engine.url)
+            assert env is not None
+            ranges = pgcopy.key_ranges(conn, table)
+            assert ranges is not None and len(ranges) == 8
+            assert ranges[0][0] == 1 and ranges[-1][1] == 10501
+            in_ranges, whole = [0], [0]
+            parallel = b"".join(pgcopy.copy_lines(conn, table, Progress(), in_ranges))
+            single = b"".join(pgcopy.psql_lines(psql, env, conn, table, Progress(), whole))
+            by_python = b"".join(sql_dump._lines(conn, table, None, Progress(), [0]))
+            assert pgcopy.key_ranges(conn, {**table, "rows": 99}) is None  # small: one piece
+    finally:
+        engine.dispose()
+    assert in_ranges == whole == [2500]
+    assert parallel == single == by_python
+    ids = [json.loads(line)["id"] for line in parallel.splitlines()]
+    assert ids == sorted(ids)
+
+
+def test_parallel_sessions_report_errors_and_stop_on_cancel(databases: Databases) -> None:
+    url = databases.new("postgresql")
+    execute(
+        url,
+        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
+        "INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g",
+    )
+    psql = shutil.which("psql")
+    assert psql, "the tests need psql (postgresql-client)"
+    ranges = [(1, 1001), (1001, 2001), (2001, 3001), (3001, 4001)]
+    engine = sql_connect.open_engine(url)
+    try:
+        with sql_connect.snapshot(engine) as conn:
+            wide = capture_schema(conn, ["wide"])["tables"][0]
+            env = pgcopy.libpq_env(conn.engine.url)
+            assert env is not None
+            gone = {**wide, "name": "gone"}
+            with pytest.raises(SourceUnavailable, match='relation "gone" does not exist'):
+                b"".join(pgcopy.psql_lines(psql, env, conn, gone, Progress(), [0], ranges, 2))
+        with sql_connect.snapshot(engine) as conn, pytest.raises(InterruptedError):
+            b"".join(pgcopy.psql_lines(psql, env, conn, wide, Progress(0), [0], ranges, 2))
+    finally:
+        engine.dispose()
+
+
+def test_plain_tables_are_decoded_by_postgresql_on_restore(
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into PostgreSQL, from PostgreSQL: a table the restore creates (or empties with
+    ``replace``) whose columns all have server-encodable kinds is loaded by ``COPY`` into
+    a temporary table and one ``INSERT ... SELECT json_populate_record``; the rows are
+    those of the Python path, backslashes, quotes, Unicode and NULLs included."""
+    from shared.sources.sql import restore as sql_restore
+
+    used: list[str] = []
+    original = sql_restore.Restorer._server_insert
+
+    def spy(self: Any, conn: Any, plan: Any, content: Any) -> None:
+        used.append(plan.name)
+        original(self, conn, plan, content)
+
+    monkeypatch.setattr(sql_restore.Restorer, "_server_insert", spy)
+    source = databases.new("postgresql")
+    execute(
+        source,
+        "CREATE TABLE plain (id bigint PRIMARY KEY, body text, code char(3), flag boolean, "
+        "amount numeric(20,5), ratio numeric, ref uuid)",
+        "CREATE TABLE stamped (id int PRIMARY KEY, at timestamptz)",
+        "INSERT INTO stamped VALUES (1, '2026-01-02T03:04:05+00')",
+    )
+    engine = sa.create_engine(source)
+    with engine.begin() as conn:
+        for i, text in enumerate(PLAIN_STRINGS * 20):
+            conn.execute(
+                sa.text("INSERT INTO plain VALUES (:i, :t, :c, :f, :a, :r, :u)"),
+                {
+                    "i": i,
+                    "t": text,
+                    "c": None if i % 4 else "ab",
+                    "f": None if i % 5 == 0 else i % 2 == 0,
+                    "a": Decimal("-123456789012345.12345") if i % 2 else None,
+                    "r": Decimal("NaN") if i % 7 == 0 else Decimal(f"{i}.25"),
+                    "u": uuid.UUID(int=i * 7919) if i % 3 else None,
+                },
+            )
+    engine.dispose()
+    writer, _ = backup(source)
+    copy = databases.new("postgresql")
+    report = restore(writer, copy, "merge")
+    assert used == ["plain"]  # "stamped" has a timestamp: the Python path
+    assert snapshot(copy) == snapshot(source)
+    assert report["tables"]["plain"]["inserted"] == len(PLAIN_STRINGS) * 20
+    used.clear()
+    restore(writer, copy, "replace")
+    assert used == ["plain"] and snapshot(copy) == snapshot(source)
+    used.clear()
+    restore(writer, copy, "merge")  # into existing tables: upserts, the Python path
+    assert used == [] and snapshot(copy) == snapshot(source)
