@@ -1,10 +1,10 @@
 // What backup and restore job pages share: live progress with rate and time left, the
 // job log, and cancel (behind a confirmation) while a job is pending or running.
 import { api } from "./api.js";
-import { announce, confirmDialog, h } from "./dom.js";
+import { announce, h } from "./dom.js";
 import { bytes, dateTime, duration, number, percent } from "./format.js";
 import { t } from "./i18n.js";
-import { busy, poll } from "./widgets.js";
+import { onConfirmedClick, poll } from "./widgets.js";
 
 export const ACTIVE = ["pending", "running"];
 
@@ -89,20 +89,16 @@ export function logSection(kind) {
 export function cancelButton(kind, job, onDone) {
   const button = h("button", { type: "button", class: "btn danger", id: "cancel-job" }, t("job.cancel"));
   if (job.cancel_requested_at) button.disabled = true;
-  button.addEventListener("click", async () => {
-    const ok = await confirmDialog({
-      title: t("job.cancelTitle"),
-      text: t(`job.cancelText.${kind}`, { id: job.id, source: job.source }),
-      confirmLabel: t("job.cancelConfirm"),
-    });
-    if (!ok) return;
-    await busy(button, async () => {
-      const after = await api.post(`/api/v1/${kind}s/${encodeURIComponent(job.id)}/cancel`);
-      announce(after.status === "cancelled" ? t("job.cancelled") : t("job.cancelSent"));
-      onDone(after);
-    });
+  const dialog = {
+    title: t("job.cancelTitle"),
+    text: t(`job.cancelText.${kind}`, { id: job.id, source: job.source }),
+    confirmLabel: t("job.cancelConfirm"),
+  };
+  return onConfirmedClick(button, dialog, async () => {
+    const after = await api.post(`/api/v1/${kind}s/${encodeURIComponent(job.id)}/cancel`);
+    announce(after.status === "cancelled" ? t("job.cancelled") : t("job.cancelSent"));
+    onDone(after);
   });
-  return button;
 }
 
 /**

@@ -1,5 +1,5 @@
 // Pieces several pages share: paging, sortable columns, polling, tenant pickers.
-import { announce, field, h, select } from "./dom.js";
+import { announce, confirmDialog, field, h, select } from "./dom.js";
 import { errorText } from "./api.js";
 import { t } from "./i18n.js";
 import { href } from "./router.js";
@@ -125,6 +125,20 @@ export async function busy(button, action) {
     button.disabled = false;
     button.removeAttribute("aria-busy");
   }
+}
+
+/**
+ * Wire a destructive button: ask `dialog` first (a spec for confirmDialog, or null to
+ * skip asking), then run `action` under busy(). One place, so every such button shares
+ * the same confirm, busy state and error announcement.
+ */
+export function onConfirmedClick(button, dialog, action) {
+  button.addEventListener("click", async () => {
+    const spec = typeof dialog === "function" ? dialog() : dialog;
+    if (spec && !(await confirmDialog(spec))) return;
+    await busy(button, action);
+  });
+  return button;
 }
 
 /** Form values as an object, empty strings dropped. */

@@ -1,11 +1,11 @@
 import { api, download, errorText } from "../api.js";
-import { announce, appendAll, confirmDialog, facts, h, heading, statusBadge } from "../dom.js";
+import { announce, appendAll, facts, h, heading, statusBadge } from "../dom.js";
 import { bytes, dateTime, number } from "../format.js";
 import { ACTIVE, cancelButton, followJob, logSection, progressBlock } from "../jobs.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
 import { session } from "../session.js";
-import { busy, sortableTable } from "../widgets.js";
+import { busy, onConfirmedClick, sortableTable } from "../widgets.js";
 
 
 function verificationText(v) {
@@ -68,21 +68,15 @@ function holdButton(backup, refresh) {
     { type: "button", class: "btn", id: held ? "release-hold" : "hold-backup" },
     held ? t("hold.release") : t("hold.hold"),
   );
-  button.addEventListener("click", async () => {
-    if (held) {
-      const ok = await confirmDialog({
-        title: t("hold.releaseTitle"),
-        text: t("hold.releaseText", { id: backup.id }),
-        confirmLabel: t("hold.release"),
-      });
-      if (!ok) return;
-    }
-    await busy(button, async () => {
-      const path = `/api/v1/backups/${encodeURIComponent(backup.id)}/hold`;
-      const after = held ? await api.del(path) : await api.post(path);
-      announce(after.legal_hold ? t("hold.held", { id: backup.id }) : t("hold.released", { id: backup.id }));
-      refresh();
-    });
+  // Placing a hold loses nothing, so only a release asks first.
+  const dialog = held
+    ? { title: t("hold.releaseTitle"), text: t("hold.releaseText", { id: backup.id }), confirmLabel: t("hold.release") }
+    : null;
+  onConfirmedClick(button, dialog, async () => {
+    const path = `/api/v1/backups/${encodeURIComponent(backup.id)}/hold`;
+    const after = held ? await api.del(path) : await api.post(path);
+    announce(after.legal_hold ? t("hold.held", { id: backup.id }) : t("hold.released", { id: backup.id }));
+    refresh();
   });
   return button;
 }
@@ -117,18 +111,15 @@ function actions(backup, refresh) {
   }
   if (!ACTIVE.includes(backup.status) && !backup.legal_hold) {
     const del = h("button", { type: "button", class: "btn danger", id: "delete-backup" }, t("backup.delete"));
-    del.addEventListener("click", async () => {
-      const ok = await confirmDialog({
-        title: t("backup.deleteTitle"),
-        text: t("backup.deleteText", { id: backup.id, source: backup.source }),
-        confirmLabel: t("common.delete"),
-      });
-      if (!ok) return;
-      await busy(del, async () => {
-        await api.del(`/api/v1/backups/${backup.id}`);
-        announce(t("backup.deleted", { id: backup.id }));
-        navigate("/backups");
-      });
+    const dialog = {
+      title: t("backup.deleteTitle"),
+      text: t("backup.deleteText", { id: backup.id, source: backup.source }),
+      confirmLabel: t("common.delete"),
+    };
+    onConfirmedClick(del, dialog, async () => {
+      await api.del(`/api/v1/backups/${backup.id}`);
+      announce(t("backup.deleted", { id: backup.id }));
+      navigate("/backups");
     });
     bar.append(del);
   }

@@ -1,13 +1,13 @@
 // Schedules: every schedule with its next run and last result; enable, disable, delete
 // from the list; create one below (a source's page links here with ?source=ID).
 import { api } from "../api.js";
-import { announce, appendAll, confirmDialog, h, heading, statusBadge } from "../dom.js";
+import { announce, appendAll, h, heading, statusBadge } from "../dom.js";
 import { dateTime } from "../format.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
 import { apiErrorText, scheduleForm } from "../scheduleform.js";
 import { session } from "../session.js";
-import { busy, sortableTable } from "../widgets.js";
+import { busy, onConfirmedClick, sortableTable } from "../widgets.js";
 
 /** When a schedule fires, as a person reads it: the preset, else the cron expression. */
 export function whenText(schedule) {
@@ -67,25 +67,21 @@ export function deleteButton(schedule, after) {
     { type: "button", class: "btn small danger", "aria-label": t("schedules.deleteLabel", { name: schedule.name }) },
     t("common.delete"),
   );
-  button.addEventListener("click", async () => {
-    const ok = await confirmDialog({
-      title: t("schedules.deleteTitle"),
-      text: t("schedules.deleteText", { name: schedule.name }),
-      confirmLabel: t("common.delete"),
-    });
-    if (!ok) return;
-    await busy(button, async () => {
-      try {
-        await api.del(`/api/v1/schedules/${encodeURIComponent(schedule.id)}`);
-      } catch (err) {
-        announce(apiErrorText(err), "error");
-        return;
-      }
-      announce(t("schedules.deleted", { name: schedule.name }));
-      after();
-    });
+  const dialog = {
+    title: t("schedules.deleteTitle"),
+    text: t("schedules.deleteText", { name: schedule.name }),
+    confirmLabel: t("common.delete"),
+  };
+  return onConfirmedClick(button, dialog, async () => {
+    try {
+      await api.del(`/api/v1/schedules/${encodeURIComponent(schedule.id)}`);
+    } catch (err) {
+      announce(apiErrorText(err), "error");
+      return;
+    }
+    announce(t("schedules.deleted", { name: schedule.name }));
+    after();
   });
-  return button;
 }
 
 export async function render(ctx) {
