@@ -122,6 +122,11 @@ class ChunkIndex:
     def __contains__(self, chunk_id: object) -> bool:
         return chunk_id in self._loc
 
+    @property
+    def ids(self) -> ChunkLocations:
+        """The table itself, for ``in`` tests on a hot path (one call less)."""
+        return self._loc
+
     def add_pack(self, pack_id: str, records: Iterable[BlobRecord]) -> None:
         number = self._pack_no.get(pack_id)
         if number is None:

@@ -23,6 +23,7 @@ import struct
 BUCKETS = 4096
 ID_SIZE = 32
 _LOC = struct.Struct("<III")
+_LOC_RECORD = ID_SIZE + _LOC.size
 
 
 class _Table:
@@ -93,9 +94,14 @@ class ChunkLocations(_Table):
         super().__init__(_LOC.size)
 
     def __contains__(self, chunk_id: object) -> bool:
+        # Inlined (no _find call): a backup asks this once per chunk.
         if not isinstance(chunk_id, bytes) or len(chunk_id) != ID_SIZE:
             return False
-        return self._find(chunk_id)[1] >= 0
+        bucket = self._buckets[(chunk_id[0] << 4) | (chunk_id[1] >> 4)]
+        pos = bucket.find(chunk_id)
+        while pos >= 0 and pos % _LOC_RECORD:
+            pos = bucket.find(chunk_id, pos + 1)
+        return pos >= 0
 
     def add(self, chunk_id: bytes, pack_no: int, offset: int, length: int) -> bool:
         """Record a location unless ``chunk_id`` has one; ``False`` if it had."""

@@ -136,6 +136,8 @@ class PackWriter:
         #: Uploaded packs' encoded index records not yet in an index set.
         self._set_pending: list[tuple[str, bytes]] = []
         self._set_records = 0
+        #: Bytes of the index sets written (part of what the backup stored).
+        self.set_bytes = 0
         self._uploaders = [
             threading.Thread(target=self._upload_loop, name=f"coffer-upload-{i}", daemon=True)
             for i in range(upload_threads)
@@ -272,9 +274,10 @@ class PackWriter:
         if not packs:
             return
         set_id = secrets.token_hex(16)
-        self._store.put_bytes(
-            fmt.index_set_key(self._keys.tenant, set_id), seal_set(self._keys, set_id, packs)
-        )
+        sealed = seal_set(self._keys, set_id, packs)
+        self._store.put_bytes(fmt.index_set_key(self._keys.tenant, set_id), sealed)
+        with self._lock:
+            self.set_bytes += len(sealed)
 
     def _upload(self, pack: _Pack) -> PackInfo:
         pack_id = secrets.token_hex(16)

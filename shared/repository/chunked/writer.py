@@ -336,7 +336,7 @@ class ChunkedWriter(BackupWriter):
         self._logical_bytes += size
 
     def _store_content(self, content: BinaryIO, expected: int) -> list[tuple[bytes, int]]:
-        keys, index, new = self._keys, self._index, self._new
+        keys, index, new = self._keys, self._index.ids, self._new
         packer = self._packer
         assert packer is not None
         refs: list[tuple[bytes, int]] = []
@@ -430,7 +430,8 @@ class ChunkedWriter(BackupWriter):
             "info": info,
             "entries": self._entries,
             "logical_bytes": self._logical_bytes,
-            "stored_bytes": sum(p.pack_bytes + p.index_bytes for p in packs),
+            "stored_bytes": sum(p.pack_bytes + p.index_bytes for p in packs)
+            + (self._packer.set_bytes if self._packer is not None else 0),
             "new_chunks": self._new_chunks,
             "new_raw_bytes": self._new_raw_bytes,
             "reused_chunks": self._reused_chunks,

@@ -240,6 +240,7 @@ def test_manifest_and_summary(repo: ChunkedRepository, store: ObjectStore) -> No
         store.size(fmt.pack_key("acme", pack_id))
         + store.size(fmt.index_key("acme", pack_id))
         + store.size(fmt.manifest_key("acme", "b1"))
+        + sum(store.size(key) for key in store.list(fmt.index_sets_prefix("acme")))
     )
     assert summary.stored_bytes == manifest["stored_bytes"] == written
     # Nothing of it is readable without the keys.
