@@ -369,7 +369,10 @@ class Prefetcher(Generic[T]):
         while True:
             pending = sum(group.span for group in self._open)
             if self._inflight + pending >= self._window:
-                return
+                # Planned enough; still start what is worth a request below (a
+                # return here left full reads unstarted until the consumer
+                # reached them: one S3 round trip at a time).
+                break
             if not self._unplanned:
                 if len(self._ready) >= self._max_items or not self._pull():
                     break
