@@ -52,8 +52,13 @@ def _insert_new(session: Session, tenant: str, batch: list[dict[str, Any]]) -> i
         for r in batch
     ]
     dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    result = session.execute(insert(Chunk).values(rows).on_conflict_do_nothing())
+    if dialect == "postgresql":
+        result = session.execute(postgresql_insert(Chunk).values(rows).on_conflict_do_nothing())
+        return int(result.rowcount or 0)
+    # SQLite: one prepared statement run over the rows (the driver's executemany).
+    # A 1,000-row VALUES list cost ~90 us of statement compilation per row: a
+    # 63,000-chunk first backup kept the catalog busy for 6 CPU seconds.
+    result = session.connection().execute(sqlite_insert(Chunk).on_conflict_do_nothing(), rows)
     return int(result.rowcount or 0)
 
 
