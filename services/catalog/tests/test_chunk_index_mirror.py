@@ -138,6 +138,20 @@ def test_mirror_on_the_local_store_lets_other_requests_run_between_packs(
     engine.dispose()
 
 
+def test_mirroring_a_pack_twice_adds_its_rows_once(tmp_path: Path) -> None:
+    # Two reports of one pack (a retried completion) must not duplicate or fail.
+    repo, packs, chunks = _backup(f"file://{tmp_path}/repo")
+    engine = _catalog(f"sqlite:///{tmp_path}/catalog.db", tenant=True)
+    with Session(engine) as session:
+        assert chunk_index.mirror_packs(session, repo, "acme", packs[:2]) > 0
+        assert chunk_index.mirror_packs(session, repo, "acme", packs) == chunks - sum(
+            len(repo.pack_index("acme", p)) for p in packs[:2]
+        )
+        assert chunk_index.mirror_packs(session, repo, "acme", packs) == 0
+        assert session.scalar(select(func.count()).select_from(Chunk)) == chunks
+    engine.dispose()
+
+
 class _RebuildReadsWatched:
     """The repository as the rebuild reads it, starting another writer greenthread
     before each manifest read and before each pack of the chunk index."""
