@@ -59,9 +59,6 @@ MIN_GROUP_BYTES = 4 * fmt.MiB
 #: Reads being built at once, and how many chunk references later one that got
 #: none is started anyway.
 MAX_OPEN = 32
-#: Plaintext opened ahead of the consumer per read, and per pool task.
-OPEN_AHEAD = 8 * fmt.MiB
-OPEN_BATCH = 1 * fmt.MiB
 SIDE_AGE = 1024
 
 
@@ -96,11 +93,6 @@ class Group:
     #: The prefetcher's read: the sealed range (``None`` if the pack is gone) and
     #: the results known without opening a blob (missing, truncated, relocated).
     sealed: Future[tuple[bytes | None, dict[bytes, bytes | Bad]]] | None = None
-    #: Blobs being opened ahead of the consumer, the plaintext bytes they hold and
-    #: the next blob to send (prefetcher only).
-    opening: dict[bytes, Future[dict[bytes, bytes | Bad]]] = field(default_factory=dict)
-    ahead: int = 0
-    next_open: int = 0
     #: When a slot last joined (the prefetcher's planning count).
     last: int = 0
 
@@ -334,57 +326,17 @@ class Prefetcher(Generic[T]):
             if data is None:
                 value = Bad("missing", slot.chunk_id.hex(), f"pack {group.pack_id} is gone")
             else:
-                value = self._opened(group, data, slot.chunk_id)
+                offset, length, raw_length = group.ids[slot.chunk_id]
+                value = self._source.open(group, data, slot.chunk_id, offset, length, raw_length)
         group.slots -= 1
         if group.slots == 0:
             self._inflight -= group.span
             group.sealed = _DONE  # drop the range
-            group.opening.clear()
         while self._submitted and self._submitted[0].sealed is _DONE:
             self._submitted.popleft()
         if isinstance(value, Bad):
             raise value.error(what, details)
         return value
-
-    def _opened(self, group: Group, data: bytes, chunk_id: bytes) -> bytes | Bad:
-        """One blob of a read, opened by the pool ahead of the consumer.
-
-        Opening (GCM, zstd, BLAKE3) in the consumer's thread alone made a restore
-        on the local store slower than with the plaintext reads; so the next
-        :data:`OPEN_AHEAD` bytes of plaintext of the read are opened in the pool,
-        in batches, while the consumer writes what it has.
-        """
-        self._open_ahead(group, data)
-        future = group.opening.pop(chunk_id, None)
-        offset, length, raw_length = group.ids[chunk_id]
-        if future is not None:
-            group.ahead -= raw_length
-        if future is None:  # not sent ahead (or a repeat of a chunk already taken)
-            return self._source.open(group, data, chunk_id, offset, length, raw_length)
-        return future.result()[chunk_id]
-
-    def _open_ahead(self, group: Group, data: bytes) -> None:
-        blobs = group.blobs
-        while group.ahead < OPEN_AHEAD and group.next_open < len(blobs):
-            batch: list[tuple[bytes, int, int, int]] = []
-            size = 0
-            while group.next_open < len(blobs) and size < OPEN_BATCH:
-                blob = blobs[group.next_open]
-                group.next_open += 1
-                batch.append(blob)
-                size += blob[3]
-            group.ahead += size
-            future = self._pool.submit(self._open_batch, group, data, batch)
-            for blob in batch:
-                group.opening[blob[0]] = future
-
-    def _open_batch(
-        self, group: Group, data: bytes, batch: list[tuple[bytes, int, int, int]]
-    ) -> dict[bytes, bytes | Bad]:
-        return {
-            chunk_id: self._source.open(group, data, chunk_id, offset, length, raw_length)
-            for chunk_id, offset, length, raw_length in batch
-        }
 
     def close(self) -> None:
         for group in self._submitted:
