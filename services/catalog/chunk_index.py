@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import eventlet
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -51,8 +52,13 @@ def _insert_new(session: Session, tenant: str, batch: list[dict[str, Any]]) -> i
         for r in batch
     ]
     dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    result = session.execute(insert(Chunk).values(rows).on_conflict_do_nothing())
+    if dialect == "postgresql":
+        result = session.execute(postgresql_insert(Chunk).values(rows).on_conflict_do_nothing())
+        return int(result.rowcount or 0)
+    # SQLite: one prepared statement run over the rows (the driver's executemany).
+    # A 1,000-row VALUES list cost ~90 us of statement compilation per row: a
+    # 63,000-chunk first backup kept the catalog busy for 6 CPU seconds.
+    result = session.connection().execute(sqlite_insert(Chunk).on_conflict_do_nothing(), rows)
     return int(result.rowcount or 0)
 
 
@@ -67,7 +73,8 @@ def mirror_packs(session: Session, repository: Any, tenant: str, packs: list[str
     (every catalog write failed with ``database is locked`` for minutes after a
     large first backup). Inserting and committing with no I/O in between keeps the
     lock held for a few milliseconds of CPU, during which no other greenthread runs.
-    Memory is one pack's index at a time (a few thousand rows at most).
+    Memory is one pack's index at a time (a few thousand rows at most). Between
+    packs it yields to the eventlet hub (a no-op outside one).
     """
     session.commit()  # end whatever the caller left open before the first read
     added = 0
@@ -76,6 +83,12 @@ def mirror_packs(session: Session, repository: Any, tenant: str, packs: list[str
         if rows:
             added += add_rows(session, tenant, rows)
             session.commit()
+        # With no transaction open, let the catalog's other requests run. On the
+        # local store nothing here yields (file reads and SQLite block the hub), so
+        # mirroring a 1.4 GB first backup (63,000 rows) kept the catalog from
+        # answering anything for 10 s: the backup was completed, but nobody could
+        # see it.
+        eventlet.sleep(0)
     return added
 
 

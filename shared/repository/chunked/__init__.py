@@ -9,6 +9,7 @@ Object layout (``<pack_id>``: 32 hex digits, random; ``<chunk id>``: 64 hex digi
     keys/<tenant>                            JSON: the tenant's data key, wrapped by the master key
     tenants/<tenant>/packs/<2 hex>/<pack_id> blobs, then the sealed pack index, then its u32 length
     tenants/<tenant>/index/<pack_id>         the sealed pack index (written after the pack)
+    tenants/<tenant>/index-sets/<set_id>     the indexes of up to 64 uploaded packs, in one object
     tenants/<tenant>/backups/<backup_id>     the sealed manifest (written last)
     tenants/<tenant>/locks/<backup_id>       JSON: a running backup (refreshed every 30 s)
     tenants/<tenant>/locks/gc                JSON: a running garbage collection
@@ -40,6 +41,15 @@ Pack = ``blob || blob || ... || sealed index || u32le(len(sealed index))``, clos
 aad="coffer/index/<tenant>/<pack_id>")`` whose plaintext is ``b"CIX1"`` then one record
 ``<32-byte chunk id><u32 offset><u32 length><u32 raw_length>`` per blob. The index
 objects of a tenant are its chunk index: writers load them all to deduplicate.
+An index set (``<set_id>``: 32 hex digits, random) repeats the indexes of up to 64
+packs (or 32,768 chunks) one writer uploaded: ``nonce || AES-256-GCM(meta key, flag ||
+payload, aad="coffer/index-set/<tenant>/<set_id>")``, plaintext ``b"CIS1"`` then per
+pack ``<16-byte pack id><u32 record count>`` and its records. Loading the index reads
+the sets first (one GET per set instead of one per pack) and takes a set's pack only
+while that pack's own index object is listed; packs no set covers (older
+repositories, repacked packs) are read from their index objects. The sets are an
+optional addition: the format version is unchanged, and code that ignores them reads
+the same index.
 
 Manifest = the sealed (meta key, ``aad="coffer/manifest/<tenant>/<backup_id>"``)
 JSON ``{format: "coffer-backup", version: 1, tenant, backup_id, parent_id,

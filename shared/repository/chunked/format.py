@@ -239,6 +239,14 @@ def index_prefix(tenant: str) -> str:
     return f"tenants/{tenant}/index/"
 
 
+def index_set_key(tenant: str, set_id: str) -> str:
+    return f"tenants/{tenant}/index-sets/{set_id}"
+
+
+def index_sets_prefix(tenant: str) -> str:
+    return f"tenants/{tenant}/index-sets/"
+
+
 def manifest_key(tenant: str, backup_id: str) -> str:
     return f"tenants/{tenant}/backups/{backup_id}"
 
@@ -267,6 +275,10 @@ def manifest_aad(tenant: str, backup_id: str) -> bytes:
 
 def index_aad(tenant: str, pack_id: str) -> bytes:
     return f"coffer/index/{tenant}/{pack_id}".encode()
+
+
+def index_set_aad(tenant: str, set_id: str) -> bytes:
+    return f"coffer/index-set/{tenant}/{set_id}".encode()
 
 
 def tenant_key_aad(tenant: str, key_id: str) -> bytes:

@@ -41,8 +41,10 @@ from shared.repository.chunked.index import (
     BlobRecord,
     ChunkIndex,
     IndexError_,
+    iter_index_sets,
     iter_indexes,
     list_index_ids,
+    list_index_set_ids,
     read_trailer,
     seal_index,
 )
@@ -87,6 +89,7 @@ class GarbageCollector:
             "packs_rewritten": 0,
             "indexes_repaired": 0,
             "indexes_dropped": 0,
+            "index_sets_dropped": 0,
             "kept_young": 0,
             "unreadable": [],
             "deleted_packs": [],
@@ -231,6 +234,21 @@ class GarbageCollector:
             self._repack(
                 keys, [p for _, p in sorted(repack, reverse=True)], contents, referenced, index
             )
+        remaining = (packs - set(self.result["deleted_packs"])) | set(self.result["new_packs"])
+        self._drop_stale_sets(keys, remaining)
+
+    def _drop_stale_sets(self, keys: TenantKeys, live: set[str]) -> None:
+        """Delete index sets none of whose packs exist any more. (Readers ignore a
+        set's packs that have no index object, so a stale set is only a wasted GET;
+        no backup writes while this runs: writers wait for garbage collection.)"""
+        for set_id, packs in iter_index_sets(
+            self.store, keys, list_index_set_ids(self.store, self.tenant)
+        ):
+            if packs is None or any(pack_id in live for pack_id, _ in packs):
+                continue
+            self._check_lock()
+            self.store.delete(fmt.index_set_key(self.tenant, set_id))
+            self.result["index_sets_dropped"] += 1
 
     def _trailer(self, keys: TenantKeys, pack_id: str) -> list[BlobRecord] | None:
         try:

@@ -14,7 +14,10 @@
   built, at most one waiting and ``upload_threads`` uploading. Peak memory is about
   ``window_bytes * 2 + pack_size * (upload_threads + 2)`` whatever the backup size.
 * A pack's index object is written only after its pack upload succeeded: an index
-  never points into a pack that is not there.
+  never points into a pack that is not there. The indexes of uploaded packs are also
+  gathered into *index sets* (``index.py``) of up to 64 packs or 32,768 chunks,
+  written as they fill and at :meth:`PackWriter.finish`, so a later reader loads
+  one object instead of one per pack.
 
 The first upload failure stops the pipeline and is raised to the caller at its next
 ``add``/``finish``; packs already uploaded are left for garbage collection.
@@ -33,7 +36,15 @@ from typing import Any, BinaryIO, cast
 
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import seal_blob
-from shared.repository.chunked.index import TRAILER_LENGTH, BlobRecord, seal_index
+from shared.repository.chunked.index import (
+    RECORD,
+    SET_MAX_PACKS,
+    SET_MAX_RECORDS,
+    TRAILER_LENGTH,
+    BlobRecord,
+    seal_index,
+    seal_set,
+)
 from shared.repository.chunked.keys import TenantKeys
 from shared.store.base import ObjectStore
 
@@ -122,6 +133,11 @@ class PackWriter:
         self._lock = threading.Lock()
         self.packs: list[PackInfo] = []
         self.blob_bytes = 0
+        #: Uploaded packs' encoded index records not yet in an index set.
+        self._set_pending: list[tuple[str, bytes]] = []
+        self._set_records = 0
+        #: Bytes of the index sets written (part of what the backup stored).
+        self.set_bytes = 0
         self._uploaders = [
             threading.Thread(target=self._upload_loop, name=f"coffer-upload-{i}", daemon=True)
             for i in range(upload_threads)
@@ -163,6 +179,9 @@ class PackWriter:
             thread.join()
         self._pool.shutdown(wait=True)
         self._check()
+        with self._lock:
+            pending, self._set_pending, self._set_records = self._set_pending, [], 0
+        self._write_set(pending)
         return list(self.packs)
 
     def abort(self) -> None:
@@ -250,6 +269,16 @@ class PackWriter:
             with self._lock:
                 self.packs.append(info)
 
+    def _write_set(self, packs: list[tuple[str, bytes]]) -> None:
+        """Store the index set of ``packs`` (all uploaded, their indexes written)."""
+        if not packs:
+            return
+        set_id = secrets.token_hex(16)
+        sealed = seal_set(self._keys, set_id, packs)
+        self._store.put_bytes(fmt.index_set_key(self._keys.tenant, set_id), sealed)
+        with self._lock:
+            self.set_bytes += len(sealed)
+
     def _upload(self, pack: _Pack) -> PackInfo:
         pack_id = secrets.token_hex(16)
         trailer = seal_index(self._keys, pack_id, pack.records)
@@ -265,4 +294,12 @@ class PackWriter:
             raise OSError(f"pack {pack_id}: the store took {written} of {total} bytes")
         # Only now: an index must never name a pack that is not stored.
         self._store.put_bytes(fmt.index_key(tenant, pack_id), trailer)
+        encoded = b"".join([RECORD.pack(*record) for record in pack.records])
+        full: list[tuple[str, bytes]] = []
+        with self._lock:
+            self._set_pending.append((pack_id, encoded))
+            self._set_records += len(pack.records)
+            if len(self._set_pending) >= SET_MAX_PACKS or self._set_records >= SET_MAX_RECORDS:
+                full, self._set_pending, self._set_records = self._set_pending, [], 0
+        self._write_set(full)
         return PackInfo(pack_id, total, len(trailer), len(pack.records))

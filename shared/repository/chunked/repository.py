@@ -53,6 +53,7 @@ class ChunkedRepository(Repository):
         upload_threads: int = 2,
         fetch_threads: int = 8,
         pack_size: int | None = None,
+        seal_window: int = 8 * fmt.MiB,
     ) -> None:
         self.store = store
         self.keyring = KeyRing(store, master_key)
@@ -64,6 +65,8 @@ class ChunkedRepository(Repository):
         self.fetch_threads = fetch_threads
         #: Overrides the config's pack size for this process (tests use small packs).
         self.pack_size_override = pack_size
+        #: Raw bytes of chunks a writer may have queued for sealing at once.
+        self.seal_window = seal_window
         self._config: dict[str, Any] | None = None
         self._config_lock = threading.Lock()
 
@@ -269,6 +272,7 @@ class ChunkedRepository(Repository):
 
         ``{"status": "done" | "busy" | "interrupted", "packs_deleted", "bytes_freed",
         "chunks_deleted", "packs_rewritten", "indexes_repaired", "indexes_dropped",
+        "index_sets_dropped",
         "kept_young", "live_chunks", "backups", "unreadable", "deleted_packs": [ids],
         "new_packs": [ids], "duration_seconds", "reason"?}``. "busy" means a backup (or
         another GC) is running: try again later. ``deleted_packs`` (rewritten ones

@@ -33,6 +33,7 @@ from shared.repository.chunked.fetch import ChunkSource, TreeReader, parse_refs
 from shared.repository.chunked.index import ChunkIndex
 from shared.repository.chunked.keys import TenantKeys
 from shared.repository.chunked.locks import Lock, wait_while_gc
+from shared.repository.chunked.packed import ChunkIdSet
 from shared.repository.chunked.packer import PackWriter
 
 if TYPE_CHECKING:
@@ -131,7 +132,8 @@ class ChunkedWriter(BackupWriter):
         self._reused_chunks = 0
         self._unchanged_files = 0
         self._tree: list[tuple[str, int]] = []
-        self._new: set[bytes] = set()
+        #: Chunks this backup stored (packed: it grows with every new chunk).
+        self._new = ChunkIdSet()
         self._parent: _ParentCursor | None = None
         #: The last entry :meth:`unchanged` was asked about, and its answer.
         self._checked: tuple[Entry, Any] | None = None
@@ -168,6 +170,7 @@ class ChunkedWriter(BackupWriter):
                 pack_size=repo.pack_size(),
                 seal_threads=repo.seal_threads,
                 upload_threads=repo.upload_threads,
+                window_bytes=repo.seal_window,
             )
         except BaseException:
             self._state = "aborted"
@@ -333,7 +336,7 @@ class ChunkedWriter(BackupWriter):
         self._logical_bytes += size
 
     def _store_content(self, content: BinaryIO, expected: int) -> list[tuple[bytes, int]]:
-        keys, index, new = self._keys, self._index, self._new
+        keys, index, new = self._keys, self._index.ids, self._new
         packer = self._packer
         assert packer is not None
         refs: list[tuple[bytes, int]] = []
@@ -427,7 +430,8 @@ class ChunkedWriter(BackupWriter):
             "info": info,
             "entries": self._entries,
             "logical_bytes": self._logical_bytes,
-            "stored_bytes": sum(p.pack_bytes + p.index_bytes for p in packs),
+            "stored_bytes": sum(p.pack_bytes + p.index_bytes for p in packs)
+            + (self._packer.set_bytes if self._packer is not None else 0),
             "new_chunks": self._new_chunks,
             "new_raw_bytes": self._new_raw_bytes,
             "reused_chunks": self._reused_chunks,

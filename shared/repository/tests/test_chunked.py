@@ -11,6 +11,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -239,6 +240,7 @@ def test_manifest_and_summary(repo: ChunkedRepository, store: ObjectStore) -> No
         store.size(fmt.pack_key("acme", pack_id))
         + store.size(fmt.index_key("acme", pack_id))
         + store.size(fmt.manifest_key("acme", "b1"))
+        + sum(store.size(key) for key in store.list(fmt.index_sets_prefix("acme")))
     )
     assert summary.stored_bytes == manifest["stored_bytes"] == written
     # Nothing of it is readable without the keys.
@@ -1207,3 +1209,121 @@ ENTRY_BASE: dict[str, Any] = {
 def test_entry_lines_are_what_the_generic_encoder_writes(record: dict[str, Any]) -> None:
     """The fast entry-line encoder is a speed-up only: same bytes as ``dumps``."""
     assert fmt.entry_line(record) == fmt.dumps(record) + b"\n"
+
+
+class CountingStore(ObjectStore):
+    """Delegates to a real store and records the key of every read."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.reads: list[str] = []
+
+    def put(self, key: str, data: BinaryIO, length: int = -1) -> int:
+        return self.inner.put(key, data, length)
+
+    def open(self, key: str) -> Any:
+        self.reads.append(key)
+        return self.inner.open(key)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        self.reads.append(key)
+        return self.inner.read_range(key, offset, length)
+
+    def get_bytes(self, key: str) -> bytes:
+        self.reads.append(key)
+        return self.inner.get_bytes(key)
+
+    def modified(self, key: str) -> float:
+        return self.inner.modified(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def put_if_absent(self, key: str, payload: bytes) -> bool:
+        return self.inner.put_if_absent(key, payload)
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for key in self.reads if key.startswith(prefix))
+
+
+def many_packs(repo: ChunkedRepository, backup_id: str = "b1") -> list[str]:
+    entries: list[tuple[Entry, bytes | BinaryIO | None]] = [
+        (Entry(f"f{n}", "file", 0o644, 1, 40_000, meta={"inode": n}), noise(40_000, seed=n))
+        for n in range(24)
+    ]
+    return list(write_backup(repo, "acme", backup_id, entries).manifest["packs"])
+
+
+def test_index_loads_from_one_index_set_not_one_object_per_pack(store: ObjectStore) -> None:
+    counting = CountingStore(store)
+    repo = ChunkedRepository(counting, MASTER, pack_size=64 * 1024)
+    packs = many_packs(repo)
+    assert len(packs) >= 8
+    keys = repo.keyring.get("acme")
+    assert keys is not None
+    full = sum(1 for _ in repo.chunk_index("acme"))
+    counting.reads.clear()
+    index = repo.load_index(keys)
+    assert len(index) == full
+    assert counting.count(fmt.index_sets_prefix("acme")) == 1
+    assert counting.count(fmt.index_prefix("acme")) == 0
+    # A restore and an incremental backup load it the same way.
+    counting.reads.clear()
+    assert len(read_all(repo, "acme", "b1")) == 24
+    write_backup(repo, "acme", "b2", [], parent_id="b1")
+    assert counting.count(fmt.index_prefix("acme")) == 0
+
+
+def test_index_sets_never_bring_back_a_pack_without_its_index_object(
+    store: ObjectStore,
+) -> None:
+    repo = ChunkedRepository(store, MASTER, pack_size=64 * 1024)
+    packs = many_packs(repo)
+    keys = repo.keyring.get("acme")
+    assert keys is not None
+    full = len(repo.load_index(keys))
+    dropped = packs[0]
+    lost = len(repo.pack_index("acme", dropped))
+    store.delete(fmt.index_key("acme", dropped))
+    index = repo.load_index(keys)
+    assert len(index) == full - lost and dropped not in index.pack_ids
+
+
+def test_an_unreadable_index_set_falls_back_to_the_pack_indexes(store: ObjectStore) -> None:
+    counting = CountingStore(store)
+    repo = ChunkedRepository(counting, MASTER, pack_size=64 * 1024)
+    packs = many_packs(repo)
+    keys = repo.keyring.get("acme")
+    assert keys is not None
+    full = len(repo.load_index(keys))
+    [set_key] = list(store.list(fmt.index_sets_prefix("acme")))
+    flip_byte(store, set_key, 40)
+    counting.reads.clear()
+    assert len(repo.load_index(keys)) == full
+    assert counting.count(fmt.index_prefix("acme")) == len(packs)
+    assert len(read_all(repo, "acme", "b1")) == 24
+
+
+def test_gc_drops_index_sets_whose_packs_are_all_gone(store: ObjectStore) -> None:
+    repo = ChunkedRepository(store, MASTER, pack_size=64 * 1024, gc_poll=0.05)
+    many_packs(repo, "b1")
+    write_backup(repo, "acme", "b2", [(Entry("g", "file", 0o644, 1, 5), b"other")])
+    assert len(list(store.list(fmt.index_sets_prefix("acme")))) == 2
+    repo.delete("acme", "b1")
+    result = repo.gc("acme", 0)
+    assert result["packs_deleted"] >= 8 and result["index_sets_dropped"] == 1
+    assert len(list(store.list(fmt.index_sets_prefix("acme")))) == 1
+    assert read_all(repo, "acme", "b2")[0][1] == b"other"

@@ -66,9 +66,7 @@ def server_encodable(conn: Connection, table: TableDef, row_filter: RowFilter | 
     )
 
 
-def copy_statement(
-    conn: Connection, table: TableDef, bounds: tuple[int, int] | None = None
-) -> str:
+def copy_statement(conn: Connection, table: TableDef, bounds: tuple[int, int] | None = None) -> str:
     """``COPY`` of the table's JSON rows in key order (those of ``bounds``, a half-open
     range of its single integer key, when given)."""
     q = conn.dialect.identifier_preparer.quote
