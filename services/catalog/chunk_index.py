@@ -8,7 +8,7 @@ completed backup wrote, trimmed after garbage collection and rebuilt from the st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import eventlet
@@ -62,9 +62,23 @@ def _insert_new(session: Session, tenant: str, batch: list[dict[str, Any]]) -> i
     return int(result.rowcount or 0)
 
 
-def mirror_packs(session: Session, repository: Any, tenant: str, packs: list[str]) -> int:
-    """Mirror ``packs``: each pack's index is read from the store first, then inserted
-    and committed in its own short transaction.
+def mirror_packs(
+    session: Session,
+    repository: Any,
+    tenant: str,
+    packs: list[str],
+    index_sets: Sequence[str] = (),
+) -> int:
+    """Mirror ``packs``: their index records are read from the store first, then
+    inserted and committed pack by pack, each in its own short transaction.
+
+    The records come from ``index_sets`` (the index sets the writer of those packs
+    reported: one store read per set, up to 64 packs each) where a set holds them,
+    and from each remaining pack's own index object otherwise (a set that is missing
+    or does not open, a result from before index sets, a pack no set covers). On S3
+    one GET per pack was most of an incremental backup's requests. Only the packs
+    named in ``packs`` are taken from a set: those the backup just wrote, whose
+    index objects exist (a set is written after its packs' indexes).
 
     Never hold a write transaction across a store read. On S3 that read is green
     I/O: the hub runs other greenthreads meanwhile, and one that writes to the same
@@ -73,22 +87,40 @@ def mirror_packs(session: Session, repository: Any, tenant: str, packs: list[str
     (every catalog write failed with ``database is locked`` for minutes after a
     large first backup). Inserting and committing with no I/O in between keeps the
     lock held for a few milliseconds of CPU, during which no other greenthread runs.
-    Memory is one pack's index at a time (a few thousand rows at most). Between
-    packs it yields to the eventlet hub (a no-op outside one).
+    Memory is one index set (at most 32,768 records, packed) plus one pack's rows as
+    dicts. Between packs it yields to the eventlet hub (a no-op outside one).
     """
     session.commit()  # end whatever the caller left open before the first read
     added = 0
+    wanted = set(packs)
+    for set_id in index_sets:
+        if not wanted:
+            break
+        in_set = repository.index_set(tenant, set_id)  # store I/O: no transaction open
+        for pack, rows in in_set or ():
+            if pack not in wanted:
+                continue
+            wanted.discard(pack)
+            added += _add_pack(session, tenant, rows)
     for pack in packs:
+        if pack not in wanted:
+            continue  # mirrored from a set, or named twice
+        wanted.discard(pack)
         rows = repository.pack_index(tenant, pack)  # store I/O: no transaction open
-        if rows:
-            added += add_rows(session, tenant, rows)
-            session.commit()
-        # With no transaction open, let the catalog's other requests run. On the
-        # local store nothing here yields (file reads and SQLite block the hub), so
-        # mirroring a 1.4 GB first backup (63,000 rows) kept the catalog from
-        # answering anything for 10 s: the backup was completed, but nobody could
-        # see it.
-        eventlet.sleep(0)
+        added += _add_pack(session, tenant, rows)
+    return added
+
+
+def _add_pack(session: Session, tenant: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Insert and commit one pack's rows, then let the catalog's other requests run.
+
+    On the local store nothing here yields (file reads and SQLite block the hub), so
+    mirroring a 1.4 GB first backup (63,000 rows) kept the catalog from answering
+    anything for 10 s: the backup was completed, but nobody could see it.
+    """
+    added = add_rows(session, tenant, rows)
+    session.commit()  # also when every row was there already: the insert began a write
+    eventlet.sleep(0)
     return added
 
 

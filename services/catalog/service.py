@@ -727,7 +727,7 @@ class CatalogService(ScheduleRpc, RetentionRpc, WebhookRpc):
         self.db.commit()
         self._flush()
         if kind == "backup" and status == jobs.COMPLETED:
-            self._mirror(row.tenant, result.get("packs") or [])
+            self._mirror(row.tenant, result.get("packs") or [], result.get("index_sets") or [])
         if isinstance(row, Backup) and row.clear and row.clear_status == "waiting":
             if status == jobs.COMPLETED:
                 row.clear = {**row.clear, "status": "queued"}
@@ -756,14 +756,15 @@ class CatalogService(ScheduleRpc, RetentionRpc, WebhookRpc):
         )
         return True
 
-    def _mirror(self, tenant: str, packs: list[str]) -> None:
-        """Copy the new packs' index into the catalog's chunk index.
+    def _mirror(self, tenant: str, packs: list[str], index_sets: list[str]) -> None:
+        """Copy the new packs' index into the catalog's chunk index, read from the
+        index sets their writer reported (one store read per set), else per pack.
 
         Best effort, after the job's outcome is committed: the store's index is the
         truth, and ``services.catalog.rebuild`` restores the mirror if this fails.
         """
         try:
-            chunk_index.mirror_packs(self.db, self._repository(), tenant, packs)
+            chunk_index.mirror_packs(self.db, self._repository(), tenant, packs, index_sets)
             self.db.commit()
         except Exception:
             self.db.rollback()
@@ -904,14 +905,20 @@ class CatalogService(ScheduleRpc, RetentionRpc, WebhookRpc):
             chunk_index.forget_packs(self.db, tenant, list(result["deleted_packs"]))
             self.db.commit()
         if tenant and result.get("new_packs"):  # live chunks a repack moved
-            self._mirror(tenant, list(result["new_packs"]))
+            self._mirror(
+                tenant, list(result["new_packs"]), list(result.get("new_index_sets") or [])
+            )
         self.audit.record(
             "repository.gc",
             resource={"type": "repository", "id": tenant},
             outcome="success" if payload["status"] == jobs.COMPLETED else "failure",
             tenant=tenant,
             actor=SYSTEM.actor(),
-            details={k: v for k, v in result.items() if k not in ("deleted_packs", "new_packs")}
+            details={
+                k: v
+                for k, v in result.items()
+                if k not in ("deleted_packs", "new_packs", "new_index_sets")
+            }
             | {"error": payload.get("error")},
         )
 

@@ -20,6 +20,9 @@ def backup_result(manifest: dict[str, Any]) -> dict[str, Any]:
     }
     return {
         "packs": list(manifest.get("packs") or []),
+        # The index sets holding those packs' indexes: the catalog mirrors the chunk
+        # index from these, one GET per set instead of one per pack.
+        "index_sets": list(manifest.get("index_sets") or []),
         "logical_bytes": manifest.get("logical_bytes"),
         "stored_bytes": manifest.get("stored_bytes"),
         "entries": manifest.get("entries"),

@@ -7,9 +7,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from shared.repository import open_repository
+from shared.repository.chunked import ChunkedRepository
 
 MASTER_KEY = bytes(range(32))
 
@@ -47,6 +48,13 @@ def test_backup_child_writes_the_repository_and_reports(tmp_path: Path) -> None:
     assert any(line["type"] == "progress" for line in lines)
     manifest = open_repository(f"file://{tmp_path}/repo", MASTER_KEY).manifest("acme", "job1")
     assert manifest["checksum"] == result["checksum"]
+    # The result names the index set holding the new pack's index (the catalog
+    # mirrors the chunk index from it: one read per set, not one per pack).
+    assert len(result["packs"]) == 1 and result["index_sets"] == manifest["index_sets"]
+    [set_id] = result["index_sets"]
+    repo = cast(ChunkedRepository, open_repository(f"file://{tmp_path}/repo", MASTER_KEY))
+    index_set = repo.index_set("acme", set_id)
+    assert [pack_id for pack_id, _ in index_set or []] == result["packs"]
     assert manifest["info"]["config"] == {
         "path": str(src),
         "include": [],

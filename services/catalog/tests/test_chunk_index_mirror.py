@@ -18,7 +18,7 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import eventlet
 from eventlet.greenthread import GreenThread
@@ -30,9 +30,11 @@ from services.catalog.db import upgrade_schema
 from services.catalog.models import Backup, Chunk, Tenant
 from services.catalog.rebuild import rebuild
 from shared.database import make_engine
+from shared.jobs.results import backup_result
 from shared.repository import Entry
 from shared.repository.chunked import ChunkedRepository
 from shared.store import open_store
+from shared.store.base import ObjectStore
 
 MASTER = b"\x07" * 32
 FILES = 1500  # more than one insert batch (1,000 rows), spread over several packs
@@ -201,3 +203,110 @@ def test_rebuild_lets_other_greenthreads_write_during_s3_reads(
         assert report["chunks"] > chunks
     engine.dispose()
     other.dispose()
+
+
+class _CountingStore:
+    """The real S3 store, counting the object reads made through it (``get_bytes``,
+    ``read_range``, ``open``: each is one GET on S3)."""
+
+    READS = ("get_bytes", "read_range", "open")
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.reads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name in self.READS:
+
+            def counted(key: str, *args: Any, **kwargs: Any) -> Any:
+                self.reads.append(key)
+                return attr(key, *args, **kwargs)
+
+            return counted
+        return attr
+
+
+def test_mirror_reads_one_index_set_per_set_not_one_index_per_pack(
+    tmp_path: Path, s3_store_url: str
+) -> None:
+    # A backup's result names the index sets its writer stored; the mirror reads
+    # those (one GET per set) instead of each new pack's index object (one GET per
+    # pack: most of an unchanged backup's GETs on S3).
+    writer_repo, _, _ = _backup(s3_store_url)
+    result = backup_result(writer_repo.manifest("acme", "b1"))
+    packs, sets = result["packs"], result["index_sets"]
+    assert len(packs) > 3 and len(sets) == 1
+    counting = _CountingStore(open_store(s3_store_url))
+    repo = ChunkedRepository(cast(ObjectStore, counting), MASTER)
+    expected = {(row["chunk_id"], row["pack_id"]) for row in writer_repo.chunk_index("acme")}
+    engine = _catalog(f"sqlite:///{tmp_path}/catalog.db", tenant=True)
+    with Session(engine) as session:
+        repo.keyring.get("acme")  # the tenant's key: one read, before and after alike
+        counting.reads.clear()
+        added = chunk_index.mirror_packs(session, repo, "acme", packs, sets)
+        reads = list(counting.reads)
+        mirrored = {(c.chunk_id, c.pack_id) for c in session.scalars(select(Chunk))}
+        # Mirroring the same backup again adds nothing and still reads one set.
+        counting.reads.clear()
+        assert chunk_index.mirror_packs(session, repo, "acme", packs, sets) == 0
+        assert len(counting.reads) == 1
+    assert [key.rsplit("/", 2)[-2] for key in reads] == ["index-sets"], reads
+    assert added == len(expected) and mirrored == expected
+    engine.dispose()
+
+
+def test_mirror_falls_back_to_pack_indexes_where_no_set_covers_a_pack(
+    tmp_path: Path, s3_store_url: str
+) -> None:
+    # A result without sets (an older backup service), a set that is gone, and a
+    # pack its sets do not cover: each such pack is read from its own index object.
+    writer_repo, packs, chunks = _backup(s3_store_url)
+    [set_id] = writer_repo.manifest("acme", "b1")["index_sets"]
+    counting = _CountingStore(open_store(s3_store_url))
+    repo = ChunkedRepository(cast(ObjectStore, counting), MASTER)
+    engine = _catalog(f"sqlite:///{tmp_path}/catalog.db", tenant=True)
+    with Session(engine) as session:
+        repo.keyring.get("acme")
+        counting.reads.clear()
+        assert chunk_index.mirror_packs(session, repo, "acme", packs[:2]) > 0
+        assert len(counting.reads) == 2  # no sets reported: one index per pack
+        counting.reads.clear()
+        missing = "0" * 32
+        added = chunk_index.mirror_packs(session, repo, "acme", packs, [missing, set_id])
+        assert len(counting.reads) == 2  # the missing set, then the real one
+        assert added == chunks - sum(len(repo.pack_index("acme", p)) for p in packs[:2])
+        assert session.scalar(select(func.count()).select_from(Chunk)) == chunks
+    engine.dispose()
+
+
+class _SetReadsLogged(_ReadsLogged):
+    """The repository, logging each index set read and each pack taken from a set."""
+
+    def index_set(self, tenant: str, set_id: str) -> Any:
+        self._order.append("set")
+        packs = self._repo.index_set(tenant, set_id)
+        return [(pack_id, self._logged(rows)) for pack_id, rows in packs or []]
+
+    def _logged(self, rows: Any) -> Any:
+        self._order.append("pack")
+        yield from rows
+
+
+def test_mirror_from_an_index_set_lets_other_requests_run_between_packs(
+    tmp_path: Path,
+) -> None:
+    # One set holds many packs: the mirror must still yield to the hub between them.
+    repo, packs, chunks = _backup(f"file://{tmp_path}/repo")
+    sets = repo.manifest("acme", "b1")["index_sets"]
+    engine = _catalog(f"sqlite:///{tmp_path}/catalog.db", tenant=True)
+    order: list[str] = []
+    other = eventlet.spawn(order.append, "other request")
+    with Session(engine) as session:
+        logged = _SetReadsLogged(repo, order)
+        added = chunk_index.mirror_packs(session, logged, "acme", packs, sets)
+    other.wait()
+    assert added == chunks
+    assert order.count("set") == 1 and order.count("pack") == len(packs), order
+    assert order.index("other request") < len(order) - 1, order
+    engine.dispose()

@@ -54,7 +54,8 @@ the same index.
 Manifest = the sealed (meta key, ``aad="coffer/manifest/<tenant>/<backup_id>"``)
 JSON ``{format: "coffer-backup", version: 1, tenant, backup_id, parent_id,
 created_at, key_id, info, entries, logical_bytes, stored_bytes, new_chunks,
-new_raw_bytes, reused_chunks, unchanged_files, packs, tree, checksum, changed}``:
+new_raw_bytes, reused_chunks, unchanged_files, packs, index_sets, tree, checksum,
+changed}``:
 
 * ``tree``: ``[[chunk id, raw_length], ...]`` of the *entry stream*: JSON Lines, one
   object per entry in backup order, ``{"path", "type", "mode", "mtime_ns", "size",
@@ -64,6 +65,8 @@ new_raw_bytes, reused_chunks, unchanged_files, packs, tree, checksum, changed}``
 * ``checksum``: ``"blake3:<hex>"``, the keyed BLAKE3 of the whole entry stream;
 * ``stored_bytes``: what this backup added to the store (its packs, their index
   objects, and the manifest itself); ``packs``: the packs it wrote;
+  ``index_sets``: the index sets it wrote (absent in older manifests; readers must
+  not rely on it: a set is only a faster route to the packs' own index objects);
   ``new_chunks``/``reused_chunks``: chunk references stored anew / already present;
   ``unchanged_files``: files taken from the parent without reading them;
 * ``changed``: paths whose content was not ``size`` bytes long while being read (the

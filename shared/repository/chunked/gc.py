@@ -94,6 +94,7 @@ class GarbageCollector:
             "unreadable": [],
             "deleted_packs": [],
             "new_packs": [],
+            "new_index_sets": [],
         }
         self._lock: Lock | None = None
 
@@ -417,3 +418,4 @@ class GarbageCollector:
             self.result["packs_rewritten"] += 1
         self.result["bytes_freed"] -= sum(p.pack_bytes + p.index_bytes for p in writer.packs)
         self.result["new_packs"] = sorted(p.pack_id for p in writer.packs)
+        self.result["new_index_sets"] = sorted(writer.set_ids)

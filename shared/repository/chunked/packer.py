@@ -138,6 +138,9 @@ class PackWriter:
         self._set_records = 0
         #: Bytes of the index sets written (part of what the backup stored).
         self.set_bytes = 0
+        #: Ids of the index sets written, so the caller can report them: the
+        #: catalog's chunk index mirror reads these instead of one index per pack.
+        self.set_ids: list[str] = []
         self._uploaders = [
             threading.Thread(target=self._upload_loop, name=f"coffer-upload-{i}", daemon=True)
             for i in range(upload_threads)
@@ -278,6 +281,7 @@ class PackWriter:
         self._store.put_bytes(fmt.index_set_key(self._keys.tenant, set_id), sealed)
         with self._lock:
             self.set_bytes += len(sealed)
+            self.set_ids.append(set_id)
 
     def _upload(self, pack: _Pack) -> PackInfo:
         pack_id = secrets.token_hex(16)

@@ -17,6 +17,7 @@ from shared.repository.chunked.blobs import BlobError, open_meta
 from shared.repository.chunked.fetch import ChunkSource, TreeReader, parse_refs
 from shared.repository.chunked.gc import GarbageCollector
 from shared.repository.chunked.index import (
+    RECORD,
     BlobRecord,
     ChunkIndex,
     IndexError_,
@@ -24,6 +25,7 @@ from shared.repository.chunked.index import (
     list_index_ids,
     load_index,
     open_index,
+    open_set,
 )
 from shared.repository.chunked.keys import KeyRing, TenantKeys
 from shared.repository.chunked.reader import ChunkedReader, export_tar, pad_record
@@ -274,9 +276,10 @@ class ChunkedRepository(Repository):
         "chunks_deleted", "packs_rewritten", "indexes_repaired", "indexes_dropped",
         "index_sets_dropped",
         "kept_young", "live_chunks", "backups", "unreadable", "deleted_packs": [ids],
-        "new_packs": [ids], "duration_seconds", "reason"?}``. "busy" means a backup (or
-        another GC) is running: try again later. ``deleted_packs`` (rewritten ones
-        included) and ``new_packs`` (written by repacking) let a mirror of the index
+        "new_packs": [ids], "new_index_sets": [ids], "duration_seconds", "reason"?}``.
+        "busy" means a backup (or another GC) is running: try again later.
+        ``deleted_packs`` (rewritten ones included) and ``new_packs`` (written by
+        repacking, their indexes also in ``new_index_sets``) let a mirror of the index
         follow.
         """
         fmt.check_segment("tenant", tenant)
@@ -328,6 +331,33 @@ class ChunkedRepository(Repository):
             ) from exc
         return [_row(pack_id, record) for record in records]
 
+    def index_set(
+        self, tenant: str, set_id: str
+    ) -> list[tuple[str, Iterator[dict[str, Any]]]] | None:
+        """The packs of one index set, each with its rows like :meth:`pack_index`'s,
+        from one store read; ``None`` when the set is missing or does not open (its
+        packs' own index objects are then the way to their rows).
+
+        The whole set is read before this returns; the rows are decoded lazily, pack
+        by pack, so a caller never holds more than one pack's rows as dicts.
+        """
+        fmt.check_segment("tenant", tenant)
+        if not fmt.is_pack_id(set_id):
+            raise UnsafePath(f"invalid index set id {set_id!r}", {"set_id": str(set_id)})
+        keys = self.keyring.get(tenant)
+        if keys is None:
+            return None
+        try:
+            sealed = self.store.get_bytes(fmt.index_set_key(tenant, set_id))
+        except KeyError:
+            return None
+        try:
+            packs = open_set(keys, set_id, sealed)
+        except IndexError_ as exc:
+            log.warning("index set %s of tenant %s is unreadable: %s", set_id, tenant, exc)
+            return None
+        return [(pack_id, _set_rows(pack_id, encoded)) for pack_id, encoded in packs]
+
     def chunk_index(self, tenant: str) -> Iterator[dict[str, Any]]:
         """Every indexed chunk: ``{"chunk_id", "pack_id", "offset", "length",
         "raw_length"}`` (a chunk stored in two packs appears twice)."""
@@ -340,6 +370,11 @@ class ChunkedRepository(Repository):
         ):
             for record in records or ():
                 yield _row(pack_id, record)
+
+
+def _set_rows(pack_id: str, encoded: memoryview) -> Iterator[dict[str, Any]]:
+    for fields in RECORD.iter_unpack(encoded):
+        yield _row(pack_id, BlobRecord(*fields))
 
 
 def _row(pack_id: str, record: BlobRecord) -> dict[str, Any]:

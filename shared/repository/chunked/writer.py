@@ -437,6 +437,7 @@ class ChunkedWriter(BackupWriter):
             "reused_chunks": self._reused_chunks,
             "unchanged_files": self._unchanged_files,
             "packs": sorted(p.pack_id for p in packs),
+            "index_sets": sorted(self._packer.set_ids) if self._packer is not None else [],
             "tree": [list(ref) for ref in self._tree],
             "checksum": "blake3:" + self._tree_hash.hexdigest(),
             "changed": list(self.changed),

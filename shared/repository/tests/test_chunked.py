@@ -858,6 +858,11 @@ def test_gc_repacks_a_mostly_garbage_pack(repo: ChunkedRepository, store: Object
     assert old_pack in result["deleted_packs"] and len(result["new_packs"]) == 1
     assert not store.exists(fmt.pack_key("acme", old_pack))
     [moved] = repo.pack_index("acme", result["new_packs"][0])
+    # The repack's index set is reported, so a mirror reads the moved chunks from it.
+    [set_id] = result["new_index_sets"]
+    assert [(pack_id, list(rows)) for pack_id, rows in repo.index_set("acme", set_id) or []] == [
+        (result["new_packs"][0], [moved])
+    ]
     assert moved["chunk_id"] in chunk_refs(repo, "acme", "b2", "keep")
     assert repo.pack_index("acme", old_pack) == []
     assert [content.read() for _, content in iterator if content is not None] == [keep]
