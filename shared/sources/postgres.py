@@ -534,6 +534,8 @@ class _Tool:
         finally:
             if theirs is not None:
                 theirs.close()
+        if stdout == subprocess.PIPE and self.proc.stdout is not None:
+            widen_pipe(self.proc.stdout.fileno())
         self._err = bytearray()
         self._out = bytearray()
         self.killed = False
@@ -616,6 +618,21 @@ class _Tool:
         if self.name == "psql":
             return Conflict(f"{action} failed and was rolled back: {text}", details)
         return SourceUnavailable(f"{action} failed: {text}", details)
+
+
+#: ``fcntl``'s F_SETPIPE_SZ (Linux).
+_F_SETPIPE_SZ = 1031
+#: A tool's stdout pipe holds this much (64 KiB by default): the tool and the reader
+#: switch in and out of the CPUs 16 times less often.
+PIPE_BYTES = 1024 * 1024
+
+
+def widen_pipe(fd: int) -> None:
+    """Best effort: a pipe keeps its size where the system refuses."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _require_pg_dump() -> None:
