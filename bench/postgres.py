@@ -287,9 +287,12 @@ class PgCase:
             f"  database: {report.mb(self.result['database_bytes'])} on disk, "
             f"{self.result['accounts_rows']:,} accounts"
         )
-        self._baselines(source)
+        # Every backup is timed before any restore: a restore leaves the server work to
+        # do (autovacuum of 300 MB of new rows, dirty pages to write) that would
+        # otherwise fall on the steps after it, Coffer's backups and not pg_dump's.
+        plain, custom = self._baselines(source)
         self._drivers_alone(source)
-        self._coffer(source)
+        self._coffer(source, plain, custom)
 
     def _drivers_alone(self, source: str) -> None:
         """Each driver's backup in a process of its own, without the platform
@@ -299,6 +302,7 @@ class PgCase:
             ("logical", "sql", url(source, "pg8000")),
         ):
             repo = self.work / f"alone-{kind}"
+            self._settle()
             load = os.getloadavg()[0]
             run = timed(
                 [sys.executable, "-m", "bench.driver_alone", driver, where, str(repo)],
@@ -319,10 +323,19 @@ class PgCase:
             )
             shutil.rmtree(repo, ignore_errors=True)
 
-    def _baselines(self, source: str) -> None:
+    @staticmethod
+    def _settle() -> None:
+        """Untimed, before each timed backup: write the server's dirty pages now, so
+        that no backup pays for an earlier step's checkpoint work and another not."""
+        psql("CHECKPOINT")
+
+    def _baselines(self, source: str) -> tuple[Path, Path]:
+        """The tools' own backups, timed; their dumps are restored by
+        :meth:`_baseline_restores` once every backup is done."""
         work = self.work
-        load = os.getloadavg()[0]
         plain = work / "plain.sql"
+        self._settle()
+        load = os.getloadavg()[0]
         run = timed([tool("pg_dump"), "-f", str(plain), "-d", source])
         self.result["plain_dump_bytes"] = plain.stat().st_size
         self._row(
@@ -337,6 +350,7 @@ class PgCase:
                 "peak_rss_bytes": run.peak_rss_bytes,
             }
         )
+        self._settle()
         load = os.getloadavg()[0]
         custom = work / "dump.pgcustom"
         run = timed([tool("pg_dump"), "-Fc", "-f", str(custom), "-d", source])
@@ -352,6 +366,9 @@ class PgCase:
                 "peak_rss_bytes": run.peak_rss_bytes,
             }
         )
+        return plain, custom
+
+    def _baseline_restores(self, plain: Path, custom: Path) -> None:
         psql = [tool("psql"), "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-f", str(plain)]
         self._tool_restore("psql < plain dump (restore)", "logical", "psql", psql)
         pg_restore = [tool("pg_restore"), "-1", "--no-owner", "--no-privileges", str(custom)]
@@ -376,7 +393,8 @@ class PgCase:
         self._verify(row, target)
         self._row(row)
 
-    def _coffer(self, source: str) -> None:
+    def _coffer(self, source: str, plain: Path, custom: Path) -> None:
+        """Coffer's backups, the tools' restores, then Coffer's restores."""
         repo = self.work / "repository"
         plat = self.platform(self.work / "home", f"file://{repo}")
         plat.listen = True  # a job's end is its public event, not the next 0.1 s poll
@@ -387,9 +405,11 @@ class PgCase:
                 ("native", "postgres", url(source)),
                 ("logical", "sql", url(source, "pg8000")),
             )
+            backups: list[tuple[str, str, str]] = []
             for kind, driver, where in drivers:
                 source_id = plat.add_source("bench", f"pg-{kind}", Path(), driver, url=where)
                 before = _tree_bytes(repo)
+                self._settle()
                 load = os.getloadavg()[0]
                 job = plat.backup(source_id, f"pgbench -s {self.scale}")
                 self._row(
@@ -404,10 +424,13 @@ class PgCase:
                         "stored_reported": (job.body.get("size") or {}).get("stored"),
                     }
                 )
+                backups.append((kind, driver, str(job.body["id"])))
+            self._baseline_restores(plain, custom)
+            for kind, driver, backup_id in backups:
                 target = self.dbs.create(f"{kind}_restored")
                 target_url = url(target) if driver == "postgres" else url(target, "pg8000")
                 load = os.getloadavg()[0]
-                job = plat.restore(job.body["id"], {"url": target_url})
+                job = plat.restore(backup_id, {"url": target_url})
                 row = {
                     "name": f"coffer {driver} ({kind}) restore",
                     "role": "platform",
