@@ -180,6 +180,9 @@ class TextToJson:
     def convert(self, block: bytes) -> tuple[bytes, int]:
         """``block``: whole rows, each ending with a newline -> (JSON Lines, rows)."""
         width = len(self.keys)
+        if not width:  # a table without columns: an empty line a row, ``{}`` in JSON
+            rows = block.count(b"\n")
+            return b"{}\n" * rows, rows
         fields = block.replace(b"\n", b"\t").split(b"\t")
         fields.pop()  # after the last newline
         rows, rest = divmod(len(fields), width)

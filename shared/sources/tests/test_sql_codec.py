@@ -307,3 +307,5 @@ def test_copy_text_rows_become_the_python_json_lines() -> None:
         assert converter.convert(block.encode("utf-8")) == (expected, len(block_rows))
     with pytest.raises(ValueError, match="5 columns"):
         converter.convert(b"1\tonly two\n")
+    # PostgreSQL allows a table without columns: COPY gives an empty line a row
+    assert TextToJson({"columns": []}).convert(b"\n\n") == (codec.dump_line({}) * 2, 2)
