@@ -47,6 +47,11 @@ class SourceDriver(ABC):
     config_schema: ClassVar[type[Schema]]
     #: Config keys that are encrypted at rest and never returned by the API.
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: ``backup`` itself makes every check ``check`` makes, before its first write,
+    #: raising the same errors: a backup job then skips the separate ``check`` (a
+    #: connection and a schema read less per job, or checks overlapped with the
+    #: start of the read).
+    backup_checks: ClassVar[bool] = False
 
     def validate_config(self, config: Any) -> dict[str, Any]:
         """Schema-check a config: unknown keys and wrong types are refused."""

@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+import sqlalchemy as sa
+
 from shared.repository import open_repository
 from shared.repository.chunked import ChunkedRepository
+from tests.fixtures import POSTGRES_ADMIN_URL, free_port
 
 MASTER_KEY = bytes(range(32))
 
@@ -75,3 +79,38 @@ def test_backup_child_reports_errors_with_their_code(tmp_path: Path) -> None:
     }
     assert str(tmp_path / "missing") in lines[-1]["error"]["message"]
     assert list(open_repository(f"file://{tmp_path}/repo", MASTER_KEY).backups()) == []
+
+
+def _pg_url(driver: str, port: int | None = None) -> str:
+    """The test server's admin database as the ``postgres`` or ``sql`` driver spells it."""
+    url = sa.engine.make_url(POSTGRES_ADMIN_URL)
+    if port is not None:
+        url = url.set(port=port)
+    scheme = "postgresql" if driver == "postgres" else "postgresql+pg8000"
+    return url.set(drivername=scheme).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize(
+    ("driver", "extra", "unreachable", "code", "words"),
+    [
+        ("postgres", {}, True, "source_unavailable", "cannot connect"),
+        ("sql", {}, True, "source_unavailable", "cannot"),
+        ("postgres", {"schemas": ["no_such_schema"]}, False, "invalid_source_config", "no_such"),
+        ("sql", {"tables": ["no_such_table"]}, False, "invalid_source_config", "no_such_table"),
+    ],
+)
+def test_database_jobs_refuse_bad_input_with_their_code(
+    tmp_path: Path, driver: str, extra: dict[str, Any], unreachable: bool, code: str, words: str
+) -> None:
+    """The database drivers' backups make check's checks themselves (the job skips
+    ``check``): bad input still ends the job with a clear error and its stable code,
+    and no backup is committed."""
+    url = _pg_url(driver, free_port() if unreachable else None)
+    spec = {**job(tmp_path, tmp_path), "driver": driver, "config": {"url": url, **extra}}
+    lines = run_child("services.backup.work", spec)
+    assert lines[-1]["type"] == "error"
+    error = lines[-1]["error"]
+    assert error["code"] == code
+    assert words in error["message"]
+    repository = open_repository(f"file://{tmp_path}/repo", MASTER_KEY)
+    assert ("acme", "job1") not in set(repository.backups("acme"))

@@ -41,6 +41,8 @@ class SqlDriver(SourceDriver):
     kind = "database"
     config_schema = SqlConfigSchema
     secret_fields = ("url",)
+    # run_backup reads the schema through inspect_source, as check does, in its snapshot.
+    backup_checks = True
 
     # -- config
 

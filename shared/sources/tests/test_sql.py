@@ -1149,9 +1149,9 @@ def test_big_tables_are_read_in_key_ranges_on_parallel_sessions(
     execute(
         url,
         "CREATE TABLE ranged (id bigint PRIMARY KEY, body text, flag boolean)",
-        "INSERT INTO ranged SELECT g, CASE WHEN g % 3 = 0 THEN E'#END\\n' "
-        "WHEN g % 3 = 1 THEN E'back\\\\slash' END, g % 2 = 0 "
-        "FROM generate_series(1, 1000) g",
+        "INSERT INTO ranged SELECT g, CASE WHEN g % 4 = 0 THEN E'#END\\n' "
+        "WHEN g % 4 = 1 THEN E'back\\\\slash' WHEN g % 4 = 2 THEN E'\\\\END' END, "
+        "g % 2 = 0 FROM generate_series(1, 1000) g",
         "INSERT INTO ranged SELECT g, 'far', NULL FROM generate_series(9001, 10500) g",
     )
     engine = sql_connect.open_engine(url)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
 from shared.sources.sql import codec
+from shared.sources.sql.pgcopy import TextToJson
 
 
 def desc(kind: str, **params: Any) -> codec.TypeDesc:
@@ -251,3 +252,60 @@ def test_human_json() -> None:
     assert codec.human({"$json": {"a": 1}}, desc(codec.JSON)) == {"a": 1}
     assert codec.human(1.5, desc(codec.DECIMAL)) == "1.5"
     assert json.loads(codec.dump_line({"x": codec.human(0, desc(codec.BOOLEAN))})) == {"x": False}
+
+
+# -- COPY text rows to JSON Lines (the psql path of a PostgreSQL backup) --------------------
+
+_COPY_TEXT_ESCAPES = {
+    "\\": "\\\\",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\v": "\\v",
+}
+
+
+def _copy_text(value: Any) -> str:
+    """A value as PostgreSQL's ``COPY ... TO`` (text format) writes it."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return "".join(_COPY_TEXT_ESCAPES.get(ch, ch) for ch in str(value))
+
+
+def test_copy_text_rows_become_the_python_json_lines() -> None:
+    """Blocks of COPY text rows give codec.dump_line's bytes: quotes, backslashes, every
+    control character, a literal backslash-N next to real NULLs, NaN, Unicode."""
+    names = ["id", 'odd "key"', "flag", "amount", "ref"]
+    kinds = ["integer", "string", "boolean", "decimal", "uuid"]
+    table: dict[str, Any] = {
+        "columns": [{"name": n, "type": {"kind": k}} for n, k in zip(names, kinds, strict=True)]
+    }
+    ref = str(uuid.UUID(int=7919))
+    texts = [
+        "plain",
+        'tab\t nl\n back\\ "q" ' + "".join(chr(c) for c in range(1, 32)) + "\x7f é 😀",
+        None,
+        "\\N",
+        "",
+    ]
+    rows = [
+        [i, text, None if i % 3 == 0 else i % 2 == 0, None if i % 4 == 0 else f"-{i}.50", ref]
+        for i, text in enumerate(texts * 3)
+    ]
+    rows.append([-9223372036854775808, "x", True, "NaN", None])
+    converter = TextToJson(table)
+    plain = [r for r in rows if r[1] in ("plain", "x", "")]  # a block with nothing to escape
+    for block_rows in (rows, plain):
+        block = "".join("\t".join(_copy_text(v) for v in row) + "\n" for row in block_rows)
+        expected = b"".join(
+            codec.dump_line(dict(zip(names, row, strict=True))) for row in block_rows
+        )
+        assert converter.convert(block.encode("utf-8")) == (expected, len(block_rows))
+    with pytest.raises(ValueError, match="5 columns"):
+        converter.convert(b"1\tonly two\n")
+    # PostgreSQL allows a table without columns: COPY gives an empty line a row
+    assert TextToJson({"columns": []}).convert(b"\n\n") == (codec.dump_line({}) * 2, 2)
