@@ -60,14 +60,6 @@ MIN_GROUP_BYTES = 4 * fmt.MiB
 #: none is started anyway.
 MAX_OPEN = 32
 SIDE_AGE = 1024
-#: Plaintext the pool opens (decrypts, decompresses, verifies) ahead of the consumer,
-#: over the reads that have arrived, and the plaintext of one pool task. Opening every
-#: blob in the consumer's thread made a local restore of many small files 11 % slower
-#: (docs/benchmarks.md); the budget keeps the plaintext held ahead bounded.
-OPEN_AHEAD = 8 * fmt.MiB
-OPEN_BATCH = 1 * fmt.MiB
-#: Blobs per pool task at most (a task per 4 KiB blob costs more than it saves).
-OPEN_BATCH_BLOBS = 256
 
 
 @dataclass(frozen=True)
@@ -101,10 +93,6 @@ class Group:
     #: The prefetcher's read: the sealed range (``None`` if the pack is gone) and
     #: the results known without opening a blob (missing, truncated, relocated).
     sealed: Future[tuple[bytes | None, dict[bytes, bytes | Bad]]] | None = None
-    #: Blobs the pool is opening ahead of the consumer (chunk id -> the task that
-    #: opens it) and the index in ``blobs`` of the next one to send (prefetcher only).
-    opening: dict[bytes, Future[dict[bytes, bytes | Bad]]] = field(default_factory=dict)
-    next_open: int = 0
     #: When a slot last joined (the prefetcher's planning count).
     last: int = 0
 
@@ -308,13 +296,6 @@ class Prefetcher(Generic[T]):
         self._planned = 0
         self._inflight = 0
         self._submitted: deque[Group] = deque()
-        #: Plaintext bytes sent to the pool to be opened and not yet handed out.
-        self._ahead = 0
-        #: Sum of the spans of the reads being built (``_open``).
-        self._pending = 0
-        #: (planned, in flight, exhausted) when :meth:`_top_up` last looked for reads
-        #: to start: unchanged, its answer is unchanged (it ran on every chunk).
-        self._checked: tuple[int, int, bool] | None = None
         self._exhausted = False
 
     def __iter__(self) -> Iterator[tuple[T, list[Slot]]]:
@@ -337,7 +318,6 @@ class Prefetcher(Generic[T]):
         if group.sealed is None:
             if group in self._open:
                 self._open.remove(group)
-                self._pending -= group.span
             self._submit(group)
         assert group.sealed is not None
         data, known = group.sealed.result()
@@ -347,82 +327,21 @@ class Prefetcher(Generic[T]):
                 value = Bad("missing", slot.chunk_id.hex(), f"pack {group.pack_id} is gone")
             else:
                 offset, length, raw_length = group.ids[slot.chunk_id]
-                opening = group.opening.pop(slot.chunk_id, None)
-                if opening is None:  # not sent ahead, or a repeat already handed out
-                    value = self._source.open(
-                        group, data, slot.chunk_id, offset, length, raw_length
-                    )
-                    nxt = group.next_open
-                    if nxt < len(group.blobs) and group.blobs[nxt][0] == slot.chunk_id:
-                        group.next_open = nxt + 1  # opened here: not again in the pool
-                else:
-                    self._ahead -= raw_length
-                    value = opening.result().pop(slot.chunk_id)
+                value = self._source.open(group, data, slot.chunk_id, offset, length, raw_length)
         group.slots -= 1
         if group.slots == 0:
             self._inflight -= group.span
             group.sealed = _DONE  # drop the range
-            for chunk_id in group.opening:  # (none left unless a slot was planned twice)
-                self._ahead -= group.ids[chunk_id][2]
-            group.opening.clear()
         while self._submitted and self._submitted[0].sealed is _DONE:
             self._submitted.popleft()
-        if self._ahead <= OPEN_AHEAD // 2:
-            self._open_ahead()
         if isinstance(value, Bad):
             raise value.error(what, details)
         return value
-
-    def _open_ahead(self) -> None:
-        """Send the next blobs of the reads that have arrived, in consumption order
-        of the reads, to the pool to be opened, up to :data:`OPEN_AHEAD` bytes of
-        plaintext. Only arrived reads: a task never waits for another task."""
-        for group in self._submitted:
-            if self._ahead >= OPEN_AHEAD:
-                return
-            sealed = group.sealed
-            if sealed is None or sealed is _DONE or group.next_open >= len(group.blobs):
-                continue
-            if not sealed.done():
-                return
-            data, known = sealed.result()
-            if data is None or known:
-                group.next_open = len(group.blobs)  # gone or relocated: nothing to open
-                continue
-            blobs = group.blobs
-            while self._ahead < OPEN_AHEAD and group.next_open < len(blobs):
-                end = group.next_open
-                size = 0
-                while (
-                    end < len(blobs)
-                    and size < OPEN_BATCH
-                    and end - group.next_open < OPEN_BATCH_BLOBS
-                ):
-                    size += blobs[end][3]
-                    end += 1
-                batch = blobs[group.next_open : end]
-                group.next_open = end
-                self._ahead += size
-                task = self._pool.submit(self._open_batch, group, data, batch)
-                for blob in batch:
-                    group.opening[blob[0]] = task
-
-    def _open_batch(
-        self, group: Group, data: bytes, batch: list[tuple[bytes, int, int, int]]
-    ) -> dict[bytes, bytes | Bad]:
-        """Open blobs of one read in a pool thread (GCM, zstd and BLAKE3 release the
-        GIL); never raises for bad data, so each bad blob fails at its own chunk."""
-        return {
-            chunk_id: self._source.open(group, data, chunk_id, offset, length, raw_length)
-            for chunk_id, offset, length, raw_length in batch
-        }
 
     def close(self) -> None:
         for group in self._submitted:
             if group.sealed is not None:
                 group.sealed.cancel()
-            for task in group.opening.values():
-                task.cancel()
         self._submitted.clear()
         self._ready.clear()
         self._unplanned.clear()
@@ -448,7 +367,8 @@ class Prefetcher(Generic[T]):
 
     def _top_up(self) -> None:
         while True:
-            if self._inflight + self._pending >= self._window:
+            pending = sum(group.span for group in self._open)
+            if self._inflight + pending >= self._window:
                 # Planned enough; still start what is worth a request below (a
                 # return here left full reads unstarted until the consumer
                 # reached them: one S3 round trip at a time).
@@ -464,10 +384,6 @@ class Prefetcher(Generic[T]):
         # items, and :meth:`get` starts it if the consumer gets there first. (Starting
         # it every time made one request per small file once the item limit was
         # reached: 21,500 GETs to restore 73,000 files from S3.)
-        state = (self._planned, self._inflight, self._exhausted)
-        if state == self._checked:
-            return
-        self._checked = state
         for group in list(self._open):
             idle = self._planned - group.last > SIDE_AGE
             worth = (
@@ -477,7 +393,6 @@ class Prefetcher(Generic[T]):
             )
             if idle or (worth and self._inflight + group.span < self._window):
                 self._open.remove(group)
-                self._pending -= group.span
                 self._submit(group)
 
     def _plan_one(self) -> None:
@@ -495,18 +410,14 @@ class Prefetcher(Generic[T]):
         for group in reversed(self._open):
             if group.fits(pack_id, offset, length, slot.raw_length, lazy=True):
                 self._open.remove(group)
-                self._pending -= group.span
                 break
         else:
             group = Group(pack_id, offset, offset + length)
             if len(self._open) >= MAX_OPEN:
-                oldest = self._open.pop(0)
-                self._pending -= oldest.span
-                self._submit(oldest)
+                self._submit(self._open.pop(0))
         self._open.append(group)
         group.last = self._planned
         group.add(slot.chunk_id, offset, length, slot.raw_length)
-        self._pending += group.span
         slot.group = group
 
 
