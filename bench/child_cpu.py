@@ -47,13 +47,21 @@ def _run(spec: dict[str, Any], profile: bool) -> None:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(f"child-{spec['job']['id']}.prof")
-    after = resource.getrusage(resource.RUSAGE_SELF)
     print(
-        f"{spec['job']['id']}: wall {time.monotonic() - started:.2f} s, "
+        f"{spec['job']['id']}: {usage(before, started)}, stored {result.get('stored_bytes')}",
+        flush=True,
+    )
+
+
+def usage(before: resource.struct_rusage, started: float) -> str:
+    """Wall, user and sys seconds since ``before``/``started``, and peak RSS (also
+    used by ``bench/restore_cpu.py``)."""
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (
+        f"wall {time.monotonic() - started:.2f} s, "
         f"user {after.ru_utime - before.ru_utime:.2f} s, "
         f"sys {after.ru_stime - before.ru_stime:.2f} s, "
-        f"maxrss {after.ru_maxrss / 1024:.0f} MB, stored {result.get('stored_bytes')}",
-        flush=True,
+        f"maxrss {after.ru_maxrss / 1024:.0f} MB"
     )
 
 
