@@ -9,11 +9,66 @@ sees a half-written object, so a crash mid-upload leaves nothing that looks good
 from __future__ import annotations
 
 import io
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import urlparse
+
+
+class ObjectUpload(ABC):
+    """An object written piece by piece, visible only once :meth:`commit` succeeds.
+
+    Why: the repository assembles 16 MiB packs blob by blob while later blobs are
+    still being sealed. Kept in memory, every pack being built, queued or uploaded
+    costs its full size in RSS, and how many wait depends on how slow the store is.
+    Written out as they arrive, the sealed bytes live in the page cache (or go
+    straight to their final file on the local store) and a backup's memory no
+    longer depends on the store's speed or the backup's size.
+    """
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``."""
+
+    @abstractmethod
+    def commit(self) -> int:
+        """Store everything written under the key, atomically; returns its length."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Drop what was written; nothing appears under the key. Safe to repeat."""
+
+
+class _SpooledUpload(ObjectUpload):
+    """The fallback: spool into an unnamed temporary file, then one streaming ``put``."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        # Closed in discard(), which commit() also calls.
+        spool = tempfile.TemporaryFile(prefix="coffer-")  # noqa: SIM115
+        self._file: BinaryIO | None = cast(BinaryIO, spool)
+        self._length = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None, "write after commit or discard"
+        self._file.write(data)
+        self._length += len(data)
+
+    def commit(self) -> int:
+        assert self._file is not None, "commit after commit or discard"
+        try:
+            self._file.seek(0)
+            return self._store.put(self._key, self._file, self._length)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()  # unnamed: closing frees the space
+            self._file = None
 
 
 class ObjectStore(ABC):
@@ -63,6 +118,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise :class:`shared.errors.StoreUnavailable` unless the store answers."""
+
+    def start_upload(self, key: str) -> ObjectUpload:
+        """An :class:`ObjectUpload` for ``key``; by default spooled to a temporary
+        file (``$TMPDIR``) and sent with :meth:`put` on commit."""
+        return _SpooledUpload(self, key)
 
     def put_bytes(self, key: str, payload: bytes) -> int:
         return self.put(key, io.BytesIO(payload), len(payload))

@@ -8,7 +8,6 @@ target, fsync, rename) and keys can never escape the root directory.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import secrets
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from shared.errors import StoreUnavailable
-from shared.store.base import ObjectStore
+from shared.store.base import ObjectStore, ObjectUpload
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -58,62 +57,41 @@ class LocalStore(ObjectStore):
         return os.path.join(self.root, *_check_key(key))
 
     def put(self, key: str, data: BinaryIO, length: int = -1) -> int:
-        path = self._path(key)
-        temp, written = self._write_temp(key, path, data, length)
+        upload = _LocalUpload(self, key)
         try:
-            os.replace(temp, path)
+            while True:
+                chunk = data.read(CHUNK_SIZE)
+                if not chunk:
+                    break
+                upload.write(chunk)
+            if 0 <= length != upload.length:
+                raise ValueError(
+                    f"stream for {key!r} yielded {upload.length} bytes, expected {length}"
+                )
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            upload.discard()
             raise
-        self._fsync_dir(os.path.dirname(path))
-        return written
+        return upload.commit()
+
+    def start_upload(self, key: str) -> ObjectUpload:
+        # Straight into the temp file beside the target: no spooling, no copy.
+        return _LocalUpload(self, key)
 
     def put_if_absent(self, key: str, payload: bytes) -> bool:
         # link(2) fails with EEXIST when the name is taken: an atomic create-only rename
         # for a complete, fsynced file, so a reader never sees a partial object.
-        path = self._path(key)
-        temp, _ = self._write_temp(key, path, io.BytesIO(payload), len(payload))
+        upload = _LocalUpload(self, key)
         try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
+            upload.write(payload)
+            temp = upload.finish()
+            try:
+                os.link(temp, upload.path)
+            except FileExistsError:
+                return False
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-        self._fsync_dir(os.path.dirname(path))
+            upload.discard()
+        self._fsync_dir(os.path.dirname(upload.path))
         return True
-
-    def _write_temp(self, key: str, path: str, data: BinaryIO, length: int) -> tuple[str, int]:
-        """Stream ``data`` into a fsynced temporary file beside ``path``."""
-        directory = os.path.dirname(path)
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"local store {self.root}: cannot create {directory}: {exc}"
-            ) from exc
-        temp = f"{path}.tmp-{secrets.token_hex(8)}"
-        written = 0
-        try:
-            with open(temp, "xb") as out:
-                while True:
-                    chunk = data.read(CHUNK_SIZE)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    written += len(chunk)
-                if 0 <= length != written:
-                    raise ValueError(
-                        f"stream for {key!r} yielded {written} bytes, expected {length}"
-                    )
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        return temp, written
 
     @staticmethod
     def _fsync_dir(directory: str) -> None:
@@ -227,3 +205,61 @@ class LocalStore(ObjectStore):
                 f"local store {self.root} is not usable: {exc.strerror or exc}",
                 {"store": self.url},
             ) from exc
+
+
+class _LocalUpload(ObjectUpload):
+    """Writes into ``<path>.tmp-<hex>`` beside the target; commit fsyncs and renames.
+
+    The temp name never shows in ``list``, and a crash leaves only such a file.
+    """
+
+    def __init__(self, store: LocalStore, key: str) -> None:
+        self._store = store
+        self.path = store._path(key)
+        directory = os.path.dirname(self.path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"local store {store.root}: cannot create {directory}: {exc}"
+            ) from exc
+        self._temp: str | None = f"{self.path}.tmp-{secrets.token_hex(8)}"
+        # Closed in finish() or discard().
+        self._file: BinaryIO | None = open(self._temp, "xb")  # noqa: SIM115
+        self.length = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None, "write after commit or discard"
+        self._file.write(data)
+        self.length += len(data)
+
+    def finish(self) -> str:
+        """Flush and fsync the temp file; returns its path (still to be renamed)."""
+        assert self._file is not None and self._temp is not None, "finished twice"
+        out, self._file = self._file, None
+        try:
+            out.flush()
+            os.fsync(out.fileno())
+        finally:
+            out.close()
+        return self._temp
+
+    def commit(self) -> int:
+        try:
+            os.replace(self.finish(), self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self._temp = None
+        self._store._fsync_dir(os.path.dirname(self.path))
+        return self.length
+
+    def discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+            self._temp = None

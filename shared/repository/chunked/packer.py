@@ -3,7 +3,7 @@
 ::
 
     caller thread          seal pool (N threads)        upload threads (M)
-    add(id, data) --batch--> compress + encrypt --in order--> pack builder --queue--> put(pack)
+    add(id, data) --batch--> compress + encrypt --in order--> pack upload --queue--> commit(pack)
                                                                                      put(index)
 
 * Chunks are sealed in batches (up to 1 MiB or 256 chunks): a backup of 20,000
@@ -11,8 +11,12 @@
 * Results are taken in submission order, so blobs land in packs in backup order and
   a restore reads each pack front to back in few ranged requests.
 * Every stage is bounded: ``window_bytes`` of chunks being sealed, one pack being
-  built, at most one waiting and ``upload_threads`` uploading. Peak memory is about
-  ``window_bytes * 2 + pack_size * (upload_threads + 2)`` whatever the backup size.
+  built, at most one waiting and ``upload_threads`` uploading. Packs are not held in
+  memory: each sealed blob is written to the store's :class:`ObjectUpload` as it
+  arrives (on the local store, the pack's own temp file; elsewhere a temp file that
+  is sent on commit), so the pipeline's memory is about ``window_bytes * 2`` plus
+  what a store's upload itself buffers, whatever the backup size and however slow
+  the store.
 * A pack's index object is written only after its pack upload succeeded: an index
   never points into a pack that is not there. The indexes of uploaded packs are also
   gathered into *index sets* (``index.py``) of up to 64 packs or 32,768 chunks,
@@ -32,7 +36,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import seal_blob
@@ -46,7 +50,7 @@ from shared.repository.chunked.index import (
     seal_set,
 )
 from shared.repository.chunked.keys import TenantKeys
-from shared.store.base import ObjectStore
+from shared.store.base import ObjectStore, ObjectUpload
 
 log = logging.getLogger(__name__)
 
@@ -68,36 +72,12 @@ class PackInfo:
 
 @dataclass
 class _Pack:
-    pieces: list[bytes] = field(default_factory=list)
+    """A pack being built: its blobs go to the store's upload as they arrive."""
+
+    pack_id: str
+    upload: ObjectUpload
     records: list[BlobRecord] = field(default_factory=list)
     size: int = 0
-
-
-class _PieceStream:
-    """Reads a list of byte strings as one stream without joining them up front.
-
-    ``read(n)`` joins just what it returns: the local store asks for 1 MiB at a
-    time, minio for the whole object at once (it concatenates short reads itself,
-    quadratically, so it gets one piece).
-    """
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self._pieces = deque(pieces)
-
-    def read(self, n: int = -1) -> bytes:
-        out: list[bytes] = []
-        got = 0
-        while self._pieces and (n < 0 or got < n):
-            piece = self._pieces.popleft()
-            if 0 <= n < got + len(piece):
-                keep = n - got
-                self._pieces.appendleft(piece[keep:])
-                piece = piece[:keep]
-            out.append(piece)
-            got += len(piece)
-        if len(out) == 1:
-            return out[0]
-        return b"".join(out)
 
 
 def _seal_batch(keys: TenantKeys, batch: list[tuple[bytes, Any]]) -> list[tuple[bytes, bytes, int]]:
@@ -126,7 +106,7 @@ class PackWriter:
         self._batch_bytes = 0
         self._inflight: deque[tuple[Future[list[tuple[bytes, bytes, int]]], int]] = deque()
         self._inflight_bytes = 0
-        self._pack = _Pack()
+        self._pack: _Pack | None = None
         self._queue: queue.Queue[_Pack | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._stopped = threading.Event()
@@ -173,7 +153,7 @@ class PackWriter:
         self._submit()
         while self._inflight:
             self._take_oldest()
-        if self._pack.records:
+        if self._pack is not None:
             self._close_pack()
         self._finished = True
         for _ in self._uploaders:
@@ -194,7 +174,9 @@ class PackWriter:
             future.cancel()
         self._inflight.clear()
         self._batch.clear()
-        self._pack = _Pack()
+        if self._pack is not None:
+            self._pack.upload.discard()
+            self._pack = None
         self._pool.shutdown(wait=True, cancel_futures=True)
         if not self._finished:
             self._finished = True
@@ -231,22 +213,32 @@ class PackWriter:
 
     def _append(self, chunk_id: bytes, blob: bytes, raw_length: int) -> None:
         pack = self._pack
+        if pack is None:
+            pack_id = secrets.token_hex(16)
+            upload = self._store.start_upload(fmt.pack_key(self._keys.tenant, pack_id))
+            pack = self._pack = _Pack(pack_id, upload)
+        pack.upload.write(blob)
         pack.records.append(BlobRecord(chunk_id, pack.size, len(blob), raw_length))
-        pack.pieces.append(blob)
         pack.size += len(blob)
         self.blob_bytes += len(blob)
         if pack.size >= self._pack_size:
             self._close_pack()
 
     def _close_pack(self) -> None:
-        pack, self._pack = self._pack, _Pack()
+        pack, self._pack = self._pack, None
+        assert pack is not None
         self._put(pack)
 
     def _put(self, item: _Pack | None, *, force: bool = False) -> None:
         """Hand a pack to the uploaders; waits while they are busy (back-pressure)."""
         while True:
             if not force:
-                self._check()
+                try:
+                    self._check()
+                except BaseException:
+                    if item is not None:
+                        item.upload.discard()
+                    raise
             try:
                 self._queue.put(item, timeout=0.2)
                 return
@@ -261,10 +253,12 @@ class PackWriter:
             if pack is None:
                 return
             if self._stopped.is_set() or self._error is not None:
+                pack.upload.discard()
                 continue
             try:
                 info = self._upload(pack)
             except BaseException as exc:
+                pack.upload.discard()
                 with self._lock:
                     if self._error is None:
                         self._error = exc
@@ -284,16 +278,13 @@ class PackWriter:
             self.set_ids.append(set_id)
 
     def _upload(self, pack: _Pack) -> PackInfo:
-        pack_id = secrets.token_hex(16)
+        pack_id = pack.pack_id
         trailer = seal_index(self._keys, pack_id, pack.records)
-        pieces = [*pack.pieces, trailer, TRAILER_LENGTH.pack(len(trailer))]
+        pack.upload.write(trailer)
+        pack.upload.write(TRAILER_LENGTH.pack(len(trailer)))
         total = pack.size + len(trailer) + TRAILER_LENGTH.size
-        stream = _PieceStream(pieces)
-        # The stream owns the blobs now, so each is freed as soon as it is sent.
-        del pieces
-        pack.pieces = []
         tenant = self._keys.tenant
-        written = self._store.put(fmt.pack_key(tenant, pack_id), cast(BinaryIO, stream), total)
+        written = pack.upload.commit()
         if written != total:
             raise OSError(f"pack {pack_id}: the store took {written} of {total} bytes")
         # Only now: an index must never name a pack that is not stored.

@@ -25,7 +25,7 @@ from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import BlobError, open_blob
 from shared.repository.chunked.keys import KeyRing
 from shared.repository.chunked.writer import ChunkedWriter
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, ObjectUpload, open_store
 from shared.store.local import LocalStore
 
 MiB = 1024 * 1024
@@ -1148,10 +1148,15 @@ def test_a_failing_upload_fails_the_backup_cleanly(tmp_path: Any) -> None:
     from shared.store.local import LocalStore
 
     class Flaky(LocalStore):
-        def put(self, key: str, data: BinaryIO, length: int = -1) -> int:
+        def start_upload(self, key: str) -> ObjectUpload:
+            upload = super().start_upload(key)
             if "/packs/" in key:
-                raise StoreUnavailable("the store went away")
-            return super().put(key, data, length)
+
+                def fail() -> int:
+                    raise StoreUnavailable("the store went away")
+
+                upload.commit = fail  # type: ignore[method-assign]
+            return upload
 
     store = Flaky(str(tmp_path / "repository"))
     repo = ChunkedRepository(store, MASTER, pack_size=256 * 1024)
@@ -1164,6 +1169,8 @@ def test_a_failing_upload_fails_the_backup_cleanly(tmp_path: Any) -> None:
     assert list(repo.backups()) == []
     assert list(store.list(fmt.locks_prefix("acme"))) == []
     assert threading.active_count() < 20
+    # Every pack begun was discarded: no temp file is left half-written.
+    assert list((tmp_path / "repository").rglob("*.tmp-*")) == []
 
 
 def test_a_stream_of_unknown_length_is_stored_as_read(repo: ChunkedRepository) -> None:

@@ -209,6 +209,33 @@ def test_put_if_absent_writes_only_once(store: ObjectStore) -> None:
         assert sorted(p.name for p in Path(store.root).rglob("*")) == ["acme", "keys"]
 
 
+def test_an_upload_appears_only_when_committed(store: ObjectStore) -> None:
+    store.put_bytes("packs/p1", b"old")
+    upload = store.start_upload("packs/p1")
+    upload.write(b"new ")
+    upload.write(memoryview(b"pack"))
+    # Nothing half-written is visible: the old version stays until commit.
+    assert store.get_bytes("packs/p1") == b"old"
+    assert list(store.list()) == ["packs/p1"]
+    assert upload.commit() == 8
+    assert store.get_bytes("packs/p1") == b"new pack"
+    upload.discard()  # after commit: nothing to drop, the object stays
+    assert store.get_bytes("packs/p1") == b"new pack"
+    if isinstance(store, LocalStore):
+        assert sorted(p.name for p in Path(store.root).rglob("*")) == ["p1", "packs"]
+
+
+def test_a_discarded_upload_leaves_nothing(store: ObjectStore) -> None:
+    upload = store.start_upload("packs/p2")
+    upload.write(b"x" * MiB)
+    upload.discard()
+    upload.discard()  # repeated: still fine
+    assert not store.exists("packs/p2")
+    assert list(store.list()) == []
+    if isinstance(store, LocalStore):
+        assert [p.name for p in Path(store.root).rglob("*")] == ["packs"]
+
+
 def test_local_put_if_absent_has_exactly_one_winner(tmp_path: Path) -> None:
     # Only the local store races here: moto's own check-then-write is not atomic
     # under concurrent requests (real S3 and MinIO are), so racing it tests moto.
