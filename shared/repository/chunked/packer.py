@@ -40,6 +40,7 @@ from typing import Any
 
 from shared.repository.chunked import format as fmt
 from shared.repository.chunked.blobs import seal_blob
+from shared.repository.chunked.heap import release_free_pages
 from shared.repository.chunked.index import (
     RECORD,
     SET_MAX_PACKS,
@@ -285,6 +286,7 @@ class PackWriter:
         total = pack.size + len(trailer) + TRAILER_LENGTH.size
         tenant = self._keys.tenant
         written = pack.upload.commit()
+        release_free_pages()
         if written != total:
             raise OSError(f"pack {pack_id}: the store took {written} of {total} bytes")
         # Only now: an index must never name a pack that is not stored.

@@ -343,10 +343,10 @@ class ChunkedWriter(BackupWriter):
         for data in self._chunker.cut_content(content, expected):
             cid = keys.chunk_id(data)
             refs.append((cid, len(data)))
-            if cid in index or cid in new:
+            # add() is the membership test too: one lookup for a chunk not seen yet.
+            if cid in index or not new.add(cid):
                 self._reused_chunks += 1
                 continue
-            new.add(cid)
             self._new_chunks += 1
             self._new_raw_bytes += len(data)
             self._pipeline(packer.add, cid, data)
@@ -360,10 +360,9 @@ class ChunkedWriter(BackupWriter):
     def _store_tree_chunk(self, data: bytes) -> None:
         cid = self._keys.chunk_id(data)
         self._tree.append((cid.hex(), len(data)))
-        if cid in self._index or cid in self._new:
+        if cid in self._index or not self._new.add(cid):
             self._reused_chunks += 1
             return
-        self._new.add(cid)
         self._new_chunks += 1
         self._new_raw_bytes += len(data)
         assert self._packer is not None
