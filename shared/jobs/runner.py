@@ -89,7 +89,16 @@ on_cancel_requested = event_handler(
 #: one, and the child's peak RSS grew with the backup's size although its live
 #: data did not (two arenas: 142 MB instead of 155 MB for a 614 MB first backup,
 #: with CPU time the same within this shared machine's noise).
-CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
+#:
+#: ``MALLOC_MMAP_THRESHOLD_``: every block of 1 MiB or more (chunks and their sealed
+#: or opened copies, up to 4 MiB) gets its own mapping, returned to the system when
+#: freed. With glibc's default dynamic threshold they all came from the heap, and the
+#: holes they left grew with the backup: a 3.1 GB first backup peaked 10-16 MB above
+#: a 0.7 GB one in process; with the fixed threshold, 5 MB above (the chunk-id
+#: tables' 45 bytes per chunk) and 15 MB lower overall, for about 2 % more CPU (sys
+#: time: fresh pages are faulted in) (docs/benchmarks.md). Also set at the zygote's
+#: start: glibc reads these only at process start, and job processes are forked.
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}
 #: ``0`` starts every job process as ``python -m <module>`` instead of forking it from
 #: the pre-imported zygote (:mod:`shared.jobs.zygote`).
 FORK_SERVER_VARIABLE = "COFFER_JOB_FORK_SERVER"

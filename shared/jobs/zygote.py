@@ -23,9 +23,10 @@ Protocol (``SOCK_SEQPACKET``: one message is one datagram):
   processes still running finish on their own, as orphans of an exec'd child would.
 
 In the job process: stdio are the given descriptors, every other descriptor is
-closed, the environment is exactly ``env`` (``MALLOC_ARENA_MAX`` applied with
-``mallopt``, since glibc reads it only at start), signals are as a fresh interpreter
-sets them, and the module runs as ``__main__``, as ``python -m`` would run it.
+closed, the environment is exactly ``env`` (``MALLOC_ARENA_MAX`` and
+``MALLOC_MMAP_THRESHOLD_`` applied with ``mallopt``, since glibc reads them only at
+start), signals are as a fresh interpreter sets them, and the module runs as
+``__main__``, as ``python -m`` would run it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from typing import Any
 
 #: Most bytes of one request (module and environment).
 MAX_REQUEST = 1 << 20
-#: ``mallopt`` parameter number of M_ARENA_MAX in glibc's malloc.h.
-_M_ARENA_MAX = -8
+#: glibc's environment tunables and their ``mallopt`` parameter numbers (malloc.h:
+#: M_ARENA_MAX, M_MMAP_THRESHOLD).
+_MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3}
 
 
 def returncode(status: int) -> int:
@@ -62,11 +64,12 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 
 
 def _apply_malloc_env(env: dict[str, str]) -> None:
-    value = env.get("MALLOC_ARENA_MAX", "").strip()
-    if not value.isdigit():
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(value))
+    for variable, param in _MALLOPT.items():
+        value = env.get(variable, "").strip()
+        if not value.isdigit():
+            continue
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(param, int(value))
 
 
 def _become_job(module: str, env: dict[str, str], stdio: list[int]) -> int:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shared.jobs.forked import ForkedJob, ZygoteClient
+from shared.jobs.runner import CHILD_ENV
 
 MODULE = "shared.jobs.tests.echo_job"
 
@@ -93,3 +96,39 @@ def test_the_zygote_ends_when_the_service_lets_go(zygote: ZygoteClient) -> None:
     assert proc is not None
     zygote.stop()
     assert proc.poll() is not None
+
+
+MMAP_PROBE = """
+import ctypes, sys
+from shared.jobs.zygote import _apply_malloc_env
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+_apply_malloc_env(dict(arg.split("=") for arg in sys.argv[1:]))
+big = bytearray(2 << 20); del big  # glibc's dynamic threshold rises to 2 MiB here
+before = mallinfo2().hblkhd
+block = bytearray(3 << 19)  # 1.5 MiB
+print(mallinfo2().hblkhd - before >= 3 << 19)
+"""
+
+
+def test_a_forked_job_gets_the_fixed_mmap_threshold() -> None:
+    # A job forked from the zygote never starts glibc afresh, so the threshold must be
+    # applied with mallopt: then a 1.5 MiB block is its own mapping even after a
+    # 2 MiB one was freed (which raises glibc's dynamic threshold past it).
+    def probe(*env: str) -> str:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        run = subprocess.run(
+            [sys.executable, "-c", MMAP_PROBE, *env],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=clean,
+        )
+        return run.stdout.strip()
+
+    assert probe(f"MALLOC_MMAP_THRESHOLD_={CHILD_ENV['MALLOC_MMAP_THRESHOLD_']}") == "True"
+    assert probe() == "False"
