@@ -1006,6 +1006,27 @@ PLAIN_STRINGS = [
 ]
 
 
+def _psql() -> str:
+    """The ``psql`` client that server-encoded reads run. Missing, the tests fail rather
+    than skip: without it they would not test what they are about."""
+    psql = shutil.which("psql")
+    assert psql, "the tests need psql (postgresql-client)"
+    return psql
+
+
+def _wide_table(databases: Databases, rows: int) -> str:
+    """A new PostgreSQL database holding ``wide``: ``rows`` rows of 1 kB, keys 1 to
+    ``rows``. Megabytes, more than a read queues ahead (``CHUNK_BYTES`` chunks), so that
+    a cancel comes while the server is still sending."""
+    url = databases.new("postgresql")
+    execute(
+        url,
+        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
+        f"INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(1, {rows}) g",
+    )
+    return url
+
+
 def _all_paths(url: str, table: str) -> tuple[bytes, bytes, bytes, bool]:
     """The table's JSON Lines as PostgreSQL writes them (through psql and through
     pg8000's ``COPY``) and as Python does."""
@@ -1015,8 +1036,8 @@ def _all_paths(url: str, table: str) -> tuple[bytes, bytes, bytes, bool]:
             table_def = capture_schema(conn, [table])["tables"][0]
             fast = pgcopy.server_encodable(conn, table_def, None)
             env = pgcopy.libpq_env(conn.engine.url)
-            psql = shutil.which("psql")
-            assert psql and env is not None, "the tests need psql (postgresql-client)"
+            psql = _psql()
+            assert env is not None
             counted = [0, 0]
             by_psql = b"".join(
                 pgcopy.psql_lines(psql, env, conn, table_def, Progress(), counted[:1])
@@ -1110,14 +1131,8 @@ def test_storage_parameters_come_back_on_postgresql(databases: Databases) -> Non
 
 
 def test_server_encoded_reads_report_errors_and_stop_on_cancel(databases: Databases) -> None:
-    url = databases.new("postgresql")
-    execute(
-        url,
-        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
-        "INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g",
-    )
-    psql = shutil.which("psql")
-    assert psql, "the tests need psql (postgresql-client)"
+    url = _wide_table(databases, 2000)
+    psql = _psql()
     engine = sql_connect.open_engine(url)
     try:
         with sql_connect.snapshot(engine) as conn:
@@ -1155,8 +1170,7 @@ def test_big_tables_are_read_in_key_ranges_on_parallel_sessions(
         "INSERT INTO ranged SELECT g, 'far', NULL FROM generate_series(9001, 10500) g",
     )
     engine = sql_connect.open_engine(url)
-    psql = shutil.which("psql")
-    assert psql, "the tests need psql (postgresql-client)"
+    psql = _psql()
     try:
         with sql_connect.snapshot(engine) as conn:
             table = {**capture_schema(conn, ["ranged"])["tables"][0], "rows": 2500}
@@ -1179,14 +1193,8 @@ def test_big_tables_are_read_in_key_ranges_on_parallel_sessions(
 
 
 def test_parallel_sessions_report_errors_and_stop_on_cancel(databases: Databases) -> None:
-    url = databases.new("postgresql")
-    execute(
-        url,
-        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
-        "INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g",
-    )
-    psql = shutil.which("psql")
-    assert psql, "the tests need psql (postgresql-client)"
+    url = _wide_table(databases, 4000)
+    psql = _psql()
     ranges = [(1, 1001), (1001, 2001), (2001, 3001), (3001, 4001)]
     engine = sql_connect.open_engine(url)
     try:

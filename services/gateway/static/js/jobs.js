@@ -1,7 +1,8 @@
-// What backup and restore job pages share: live progress with rate and time left, the
-// job log, and cancel (behind a confirmation) while a job is pending or running.
+// What backup and restore job pages share: the page itself (heading, summary, live
+// progress with rate and time left, the job log, polling), and cancel (behind a
+// confirmation) while a job is pending or running.
 import { api } from "./api.js";
-import { announce, h } from "./dom.js";
+import { announce, appendAll, h, heading } from "./dom.js";
 import { bytes, dateTime, duration, number, percent } from "./format.js";
 import { t } from "./i18n.js";
 import { onConfirmedClick, poll } from "./widgets.js";
@@ -117,4 +118,42 @@ export function followJob(ctx, tick) {
   };
   start();
   return () => (polling ? tick() : start());
+}
+
+/**
+ * The page of one job (`kind`: backup or restore), shared so that both pages poll,
+ * rebuild and announce the same way. Under `title`: the summary card, the progress card,
+ * what `sections` adds, then the log. `summary(job, refresh)` builds the card with the
+ * buttons; it is rebuilt only when the status, the cancel request or `state(job)`
+ * changes, so that polling never takes the keyboard focus away. `sections(job)` is
+ * awaited before the summary is built (a section may read the API). Polling goes on
+ * while `polling(job)`; `refresh` (given to the buttons) rebuilds and reads again at once.
+ */
+export function jobDetailPage(
+  ctx,
+  { kind, title, summary, state = () => "", sections = async () => [], polling = (job) => ACTIVE.includes(job.status) },
+) {
+  const { main, params } = ctx;
+  const body = h("div", { id: `${kind}-detail` });
+  appendAll(main, heading(title), body);
+  const log = logSection(kind);
+  let lastState = null;
+  let card = null;
+  let reread = null;
+  const refresh = () => {
+    lastState = null;
+    reread();
+  };
+  const tick = async () => {
+    const job = await api.get(`/api/v1/${kind}s/${encodeURIComponent(params.id)}`);
+    const current = `${job.status}/${job.cancel_requested_at}/${state(job)}`;
+    const extra = await sections(job);
+    if (current !== lastState) card = summary(job, refresh);
+    await log.refresh(job.id);
+    body.replaceChildren(...[card, progressBlock(kind, job), ...extra, log.section].filter(Boolean));
+    if (lastState && lastState.split("/")[0] !== job.status) announce(`${t("common.status")}: ${t(`status.${job.status}`)}`);
+    lastState = current;
+    return polling(job);
+  };
+  reread = followJob(ctx, tick);
 }

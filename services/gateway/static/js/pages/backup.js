@@ -1,7 +1,7 @@
 import { api, download, errorText } from "../api.js";
-import { announce, appendAll, facts, h, heading, statusBadge } from "../dom.js";
+import { announce, facts, h, statusBadge } from "../dom.js";
 import { bytes, dateTime, number } from "../format.js";
-import { ACTIVE, cancelButton, followJob, logSection, progressBlock } from "../jobs.js";
+import { ACTIVE, cancelButton, jobDetailPage } from "../jobs.js";
 import { t } from "../i18n.js";
 import { href, navigate } from "../router.js";
 import { session } from "../session.js";
@@ -127,33 +127,21 @@ function actions(backup, refresh) {
 }
 
 export async function render(ctx) {
-  const { main, params } = ctx;
-  const body = h("div", { id: "backup-detail" });
-  appendAll(main, heading(t("backup.title", { id: params.id })), body);
-  const log = logSection("backup");
-  let lastState = null;
   let tables = null;
-  let summary = null;
-  let refresh = null;
-  const tick = async () => {
-    const backup = await api.get(`/api/v1/backups/${encodeURIComponent(params.id)}`);
-    const verifying = ACTIVE.includes(backup.verification?.status);
-    const state = `${backup.status}/${backup.verification?.status}/${backup.legal_hold}/${backup.cancel_requested_at}`;
-    if (backup.status === "completed" && backup.driver === "sql" && !tables) tables = await tablesSection(backup);
-    // The summary holds the buttons: rebuilt only when the state changes, so that
-    // polling never takes the keyboard focus away.
-    if (state !== lastState) summary = summaryCard(backup, refresh);
-    await log.refresh(backup.id);
-    body.replaceChildren(...[summary, progressBlock("backup", backup), tables, log.section].filter(Boolean));
-    if (lastState && lastState.split("/")[0] !== backup.status) announce(`${t("common.status")}: ${t(`status.${backup.status}`)}`);
-    lastState = state;
-    return ACTIVE.includes(backup.status) || verifying;
-  };
-  const reread = followJob(ctx, tick);
-  refresh = () => {
-    lastState = null;
-    reread();
-  };
+  jobDetailPage(ctx, {
+    kind: "backup",
+    title: t("backup.title", { id: ctx.params.id }),
+    summary: summaryCard,
+    // The summary's buttons change with the verification and the hold too.
+    state: (backup) => `${backup.verification?.status}/${backup.legal_hold}`,
+    // Read once, when the backup has completed: the tables do not change after that.
+    sections: async (backup) => {
+      if (backup.status === "completed" && backup.driver === "sql" && !tables) tables = await tablesSection(backup);
+      return [tables];
+    },
+    // A verification runs after the backup: keep polling until it has ended too.
+    polling: (backup) => ACTIVE.includes(backup.status) || ACTIVE.includes(backup.verification?.status),
+  });
 }
 
 function summaryCard(backup, refresh) {

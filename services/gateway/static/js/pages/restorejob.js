@@ -1,10 +1,9 @@
 // One restore job: status, live progress with rate and time left, its log, its report,
 // and cancel while it is pending or running.
-import { api } from "../api.js";
-import { announce, appendAll, facts, h, heading, statusBadge } from "../dom.js";
+import { facts, h, statusBadge } from "../dom.js";
 import { dateTime, number } from "../format.js";
 import { t } from "../i18n.js";
-import { ACTIVE, cancelButton, followJob, logSection, progressBlock } from "../jobs.js";
+import { ACTIVE, cancelButton, jobDetailPage } from "../jobs.js";
 import { href } from "../router.js";
 import { session } from "../session.js";
 import { reportView } from "./restore.js";
@@ -36,26 +35,10 @@ function summaryCard(restore, refresh) {
 }
 
 export async function render(ctx) {
-  const { main, params } = ctx;
-  const body = h("div", { id: "restore-detail" });
-  appendAll(main, heading(t("restoreJob.title", { id: params.id })), body);
-  const log = logSection("restore");
-  let lastState = null;
-  let summary = null;
-  let refresh = null;
-  const tick = async () => {
-    const restore = await api.get(`/api/v1/restores/${encodeURIComponent(params.id)}`);
-    const state = `${restore.status}/${restore.cancel_requested_at}`;
-    if (state !== lastState) summary = summaryCard(restore, refresh);
-    await log.refresh(restore.id);
-    body.replaceChildren(...[summary, progressBlock("restore", restore), reportView(restore.report), log.section].filter(Boolean));
-    if (lastState && lastState.split("/")[0] !== restore.status) announce(`${t("common.status")}: ${t(`status.${restore.status}`)}`);
-    lastState = state;
-    return ACTIVE.includes(restore.status);
-  };
-  const reread = followJob(ctx, tick);
-  refresh = () => {
-    lastState = null;
-    reread();
-  };
+  jobDetailPage(ctx, {
+    kind: "restore",
+    title: t("restoreJob.title", { id: ctx.params.id }),
+    summary: summaryCard,
+    sections: async (restore) => [reportView(restore.report)],
+  });
 }
