@@ -3,7 +3,8 @@
 ``make bench`` measures wall time through the whole platform, which on a shared
 machine depends on the other sessions. This runs ``services.backup.work.run_backup``
 in-process on a directory (a first backup into a fresh local repository, then an
-unchanged one) and prints wall time, user + sys CPU seconds and ``ru_maxrss``::
+unchanged one) with a job process's malloc settings (``CHILD_ENV``) and prints wall
+time, user + sys CPU seconds and ``ru_maxrss``::
 
     .venv/bin/python -m bench.child_cpu DATA_DIR REPO_DIR [--profile]
 
@@ -24,6 +25,8 @@ from typing import Any
 
 from services.backup.work import run_backup
 from shared.jobs.child import StdoutProgress
+from shared.jobs.runner import child_env
+from shared.jobs.zygote import apply_malloc_env
 
 
 def _spec(data: str, repo: str, job_id: str, parent: str | None) -> dict[str, Any]:
@@ -71,6 +74,8 @@ def main() -> None:
     parser.add_argument("repo", help="a directory; deleted first")
     parser.add_argument("--profile", action="store_true", help="write child-<id>.prof")
     args = parser.parse_args()
+    # The malloc settings a job process runs with (the environment wins, as for a job).
+    apply_malloc_env(child_env())
     shutil.rmtree(args.repo, ignore_errors=True)
     _run(_spec(args.data, args.repo, "first", None), args.profile)
     _run(_spec(args.data, args.repo, "unchanged", "first"), args.profile)

@@ -63,7 +63,10 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
         sock.send(json.dumps(message).encode())
 
 
-def _apply_malloc_env(env: dict[str, str]) -> None:
+def apply_malloc_env(env: dict[str, str]) -> None:
+    """Apply ``env``'s glibc malloc tunables to this running process (``mallopt``):
+    glibc reads them from the environment only when a process starts, and a forked
+    job (or an in-process benchmark, ``bench/child_cpu.py``) starts no new process."""
     for variable, param in _MALLOPT.items():
         value = env.get(variable, "").strip()
         if not value.isdigit():
@@ -87,7 +90,7 @@ def _become_job(module: str, env: dict[str, str], stdio: list[int]) -> int:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     os.environ.clear()
     os.environ.update(env)
-    _apply_malloc_env(env)
+    apply_malloc_env(env)
     sys.argv = [module]
     try:
         with warnings.catch_warnings():

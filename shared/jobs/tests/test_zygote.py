@@ -100,14 +100,14 @@ def test_the_zygote_ends_when_the_service_lets_go(zygote: ZygoteClient) -> None:
 
 MMAP_PROBE = """
 import ctypes, sys
-from shared.jobs.zygote import _apply_malloc_env
+from shared.jobs.zygote import apply_malloc_env
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd",
         "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 mallinfo2 = ctypes.CDLL(None).mallinfo2
 mallinfo2.restype = Info
-_apply_malloc_env(dict(arg.split("=") for arg in sys.argv[1:]))
+apply_malloc_env(dict(arg.split("=") for arg in sys.argv[1:]))
 big = bytearray(2 << 20); del big  # glibc's dynamic threshold rises to 2 MiB here
 before = mallinfo2().hblkhd
 block = bytearray(3 << 19)  # 1.5 MiB

@@ -5,8 +5,8 @@ threads for its whole run. glibc returns heap memory to the system only from the
 top of the heap, so the free holes between live blocks stay resident, and the more
 data a backup streams, the more of them there are: its RSS crept up with the size of
 the backup although what it held did not. ``malloc_trim(0)`` releases the free pages
-anywhere in the heap (``madvise``); called once per stored pack (every 16 MiB of
-sealed data) it costs a few milliseconds per call (``docs/benchmarks.md``).
+anywhere in the heap (``madvise``). It is called once per stored pack (every 16 MiB
+of sealed data); what it saves is measured in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
