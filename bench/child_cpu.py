@@ -3,7 +3,7 @@
 ``make bench`` measures wall time through the whole platform, which on a shared
 machine depends on the other sessions. This runs ``services.backup.work.run_backup``
 in-process on a directory (a first backup into a fresh local repository, then an
-unchanged one) with a job process's malloc settings (``CHILD_ENV``) and prints wall
+unchanged one) with a backup job's malloc settings (``child_env``) and prints wall
 time, user + sys CPU seconds and ``ru_maxrss``::
 
     .venv/bin/python -m bench.child_cpu DATA_DIR REPO_DIR [--profile]
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="write child-<id>.prof")
     args = parser.parse_args()
     # The malloc settings a job process runs with (the environment wins, as for a job).
-    apply_malloc_env(child_env())
+    apply_malloc_env(child_env("backup"))
     shutil.rmtree(args.repo, ignore_errors=True)
     _run(_spec(args.data, args.repo, "first", None), args.profile)
     _run(_spec(args.data, args.repo, "unchanged", "first"), args.profile)

@@ -90,23 +90,27 @@ on_cancel_requested = event_handler(
 #: data did not (two arenas: 142 MB instead of 155 MB for a 614 MB first backup,
 #: with CPU time the same within this shared machine's noise).
 #:
-#: ``MALLOC_MMAP_THRESHOLD_``: every block of 1 MiB or more (chunks and their sealed
-#: or opened copies, up to 4 MiB) gets its own mapping, returned to the system when
-#: freed. With glibc's default dynamic threshold they all came from the heap, and the
-#: holes they left grew with the backup: a 3.1 GB first backup peaked 10-16 MB above
-#: a 0.7 GB one in process; with the fixed threshold, 5 MB above (the chunk-id
-#: tables' 45 bytes per chunk) and 15 MB lower overall, for about 2 % more CPU (sys
-#: time: fresh pages are faulted in) (docs/benchmarks.md). Also set at the zygote's
-#: start: glibc reads these only at process start, and job processes are forked.
-CHILD_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
+#: More defaults for one kind of job. A backup's ``MALLOC_MMAP_THRESHOLD_``: every
+#: block of 1 MiB or more (chunks and their sealed copies, up to 4 MiB) gets its own
+#: mapping, returned to the system when freed. With glibc's default dynamic
+#: threshold they all came from the heap, and the holes they left grew with the
+#: backup: in process, a 3.1 GB first backup peaked 10-16 MB above a 0.7 GB one;
+#: with the fixed threshold 5 MB above (the chunk-id tables' 45 bytes per chunk) and
+#: 15 MB lower overall, for about 2 % more CPU (sys time: fresh pages are faulted
+#: in). Not for restores: there it saved 25 MB but cost 5 % of the wall time, and
+#: a restore's memory does not grow with the backup (docs/benchmarks.md). Also
+#: applied at the zygote's start, since glibc reads these only when a process starts.
+KIND_ENV = {"backup": {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}}
 #: ``0`` starts every job process as ``python -m <module>`` instead of forking it from
 #: the pre-imported zygote (:mod:`shared.jobs.zygote`).
 FORK_SERVER_VARIABLE = "COFFER_JOB_FORK_SERVER"
 
 
-def child_env() -> dict[str, str]:
-    """A job process's environment: the service's, over :data:`CHILD_ENV`'s defaults."""
-    return {**CHILD_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
+def child_env(kind: str) -> dict[str, str]:
+    """The environment of a ``kind`` job process: the service's, over the defaults of
+    :data:`CHILD_ENV` and :data:`KIND_ENV`."""
+    return {**CHILD_ENV, **KIND_ENV.get(kind, {}), **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def preload_modules(work_module: str) -> list[str]:
@@ -192,7 +196,7 @@ class JobRunner(DependencyProvider):
         self.cancelling: set[str] = set()
         self.zygote: ZygoteClient | None = None
         if os.environ.get(FORK_SERVER_VARIABLE, "1").strip() != "0":
-            self.zygote = ZygoteClient(preload_modules(self.work_module), child_env())
+            self.zygote = ZygoteClient(preload_modules(self.work_module), child_env(self.kind))
             self.zygote.start()
 
     def stop(self) -> None:
@@ -209,7 +213,7 @@ class JobRunner(DependencyProvider):
 
     def _start_child(self, job_id: str, module: str) -> Any:
         """The job's process: forked by the zygote, or started afresh if it cannot."""
-        env = child_env()
+        env = child_env(self.kind)
         if self.zygote is not None:
             try:
                 return self.zygote.spawn(module, env)

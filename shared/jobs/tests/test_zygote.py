@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared.jobs.forked import ForkedJob, ZygoteClient
-from shared.jobs.runner import CHILD_ENV
+from shared.jobs.runner import KIND_ENV, child_env
 
 MODULE = "shared.jobs.tests.echo_job"
 
@@ -130,5 +130,15 @@ def test_a_forked_job_gets_the_fixed_mmap_threshold() -> None:
         )
         return run.stdout.strip()
 
-    assert probe(f"MALLOC_MMAP_THRESHOLD_={CHILD_ENV['MALLOC_MMAP_THRESHOLD_']}") == "True"
+    assert probe(f"MALLOC_MMAP_THRESHOLD_={KIND_ENV['backup']['MALLOC_MMAP_THRESHOLD_']}") == "True"
     assert probe() == "False"
+
+
+def test_only_backup_jobs_get_the_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert child_env("backup")["MALLOC_MMAP_THRESHOLD_"] == str(1024 * 1024)
+    assert "MALLOC_MMAP_THRESHOLD_" not in child_env("restore")
+    assert child_env("restore")["MALLOC_ARENA_MAX"] == "2"
+    # The service's environment wins over the defaults.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
+    assert child_env("backup")["MALLOC_MMAP_THRESHOLD_"] == "4194304"

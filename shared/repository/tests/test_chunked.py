@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from shared.errors import BackupNotFound, IntegrityError, UnsafePath
-from shared.jobs.runner import CHILD_ENV
+from shared.jobs.runner import child_env
 from shared.repository import BackupSummary, Entry, open_repository
 from shared.repository.chunked import ChunkedRepository, fetch
 from shared.repository.chunked import format as fmt
@@ -1062,7 +1062,7 @@ def run_big_roundtrip(store_url: str, size: int) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**CHILD_ENV, **os.environ},
+        env=child_env("backup"),
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
     )
     assert proc.returncode == 0, proc.stderr
