@@ -97,10 +97,11 @@ CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
 #: threshold they all came from the heap, and the holes they left grew with the
 #: backup: in process, a 3.1 GB first backup peaked 10-16 MB above a 0.7 GB one;
 #: with the fixed threshold 5 MB above (the chunk-id tables' 45 bytes per chunk) and
-#: 15 MB lower overall, for about 2 % more CPU (sys time: fresh pages are faulted
-#: in). Not for restores: there it saved 25 MB but cost 5 % of the wall time, and
-#: a restore's memory does not grow with the backup (docs/benchmarks.md). Also
-#: applied at the zygote's start, since glibc reads these only when a process starts.
+#: 15 MB lower overall, with user + sys CPU the same within noise (0.2-0.5 s more sys
+#: time for fresh pages, as much less user time). Not for restores: there it saved
+#: 25 MB but cost 5 % of the wall time, and a restore's memory does not grow with
+#: the backup (docs/benchmarks.md). Also applied at the zygote's start, since glibc
+#: reads these only when a process starts.
 KIND_ENV = {"backup": {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}}
 #: ``0`` starts every job process as ``python -m <module>`` instead of forking it from
 #: the pre-imported zygote (:mod:`shared.jobs.zygote`).
