@@ -124,6 +124,16 @@ class ObjectStore(ABC):
         file (``$TMPDIR``) and sent with :meth:`put` on commit."""
         return _SpooledUpload(self, key)
 
+    def remove_abandoned_uploads(self, prefix: str, older_than: float) -> int:
+        """Delete what uploads under ``prefix`` left behind when their process died,
+        if last written before ``older_than`` (epoch seconds); returns how many.
+
+        Why: a backup killed while building a pack cannot discard it, and garbage
+        collection only sees objects. By default there is nothing to delete: the
+        spooled upload is an unnamed temporary file, gone with its process.
+        """
+        return 0
+
     def put_bytes(self, key: str, payload: bytes) -> int:
         return self.put(key, io.BytesIO(payload), len(payload))
 

@@ -172,6 +172,26 @@ class LocalStore(ObjectStore):
             if key.startswith(prefix):
                 yield key
 
+    def remove_abandoned_uploads(self, prefix: str, older_than: float) -> int:
+        head, _, _ = prefix.rpartition("/")
+        start = os.path.join(self.root, *_check_key(head, allow_empty=True))
+        removed = 0
+        for directory, _dirs, files in os.walk(start):
+            for name in files:
+                match = _TEMP_SUFFIX.search(name)
+                if match is None:
+                    continue
+                path = os.path.join(directory, name)
+                target = os.path.join(directory, name[: match.start()])
+                key = os.path.relpath(target, self.root).replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(path).st_mtime < older_than:
+                        os.unlink(path)
+                        removed += 1
+        return removed
+
     def _walk(self, directory: str, base: str) -> Iterator[str]:
         """Keys below ``directory`` in lexical order of the full key, streamed.
 

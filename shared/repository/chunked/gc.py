@@ -90,6 +90,7 @@ class GarbageCollector:
             "indexes_repaired": 0,
             "indexes_dropped": 0,
             "index_sets_dropped": 0,
+            "abandoned_uploads_removed": 0,
             "kept_young": 0,
             "unreadable": [],
             "deleted_packs": [],
@@ -153,6 +154,10 @@ class GarbageCollector:
     def _collect(self, keys: TenantKeys) -> None:
         store, tenant = self.store, self.tenant
         prefix = fmt.packs_prefix(tenant)
+        # Packs a killed backup was building (no backup runs now: we hold the lock).
+        self.result["abandoned_uploads_removed"] = store.remove_abandoned_uploads(
+            prefix, self.now - self.grace
+        )
         packs: set[str] = set()
         for key in store.list(prefix):
             pack_id = key.rsplit("/", 1)[-1]

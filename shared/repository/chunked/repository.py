@@ -274,7 +274,7 @@ class ChunkedRepository(Repository):
 
         ``{"status": "done" | "busy" | "interrupted", "packs_deleted", "bytes_freed",
         "chunks_deleted", "packs_rewritten", "indexes_repaired", "indexes_dropped",
-        "index_sets_dropped",
+        "index_sets_dropped", "abandoned_uploads_removed",
         "kept_young", "live_chunks", "backups", "unreadable", "deleted_packs": [ids],
         "new_packs": [ids], "new_index_sets": [ids], "duration_seconds", "reason"?}``.
         "busy" means a backup (or another GC) is running: try again later.

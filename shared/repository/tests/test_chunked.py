@@ -1339,3 +1339,29 @@ def test_gc_drops_index_sets_whose_packs_are_all_gone(store: ObjectStore) -> Non
     assert result["packs_deleted"] >= 8 and result["index_sets_dropped"] == 1
     assert len(list(store.list(fmt.index_sets_prefix("acme")))) == 1
     assert read_all(repo, "acme", "b2")[0][1] == b"other"
+
+
+def test_gc_removes_packs_a_killed_backup_was_building(tmp_path: Any) -> None:
+    """A backup killed mid-pack leaves its pack's temp file; GC removes it once it is
+    older than the grace period, and nothing young or of another tenant."""
+    store = LocalStore(str(tmp_path / "repository"))
+    repo = ChunkedRepository(store, MASTER)
+    write_backup(repo, "acme", "b1", sample())  # type: ignore[arg-type]
+    write_backup(repo, "other", "b1", sample())  # type: ignore[arg-type]
+    left: dict[str, ObjectUpload] = {}
+    for name, tenant in [("old", "acme"), ("young", "acme"), ("theirs", "other")]:
+        left[name] = store.start_upload(fmt.pack_key(tenant, f"{len(left):032x}"))
+        left[name].write(b"half a pack")  # never committed nor discarded: killed
+    temps = {p.name: p for p in (tmp_path / "repository").rglob("*.tmp-*")}
+    assert len(temps) == 3
+    hour_ago = time.time() - 3600
+    for path in temps.values():
+        if "/acme/" not in str(path) or path.name.startswith(f"{0:032x}"):
+            os.utime(path, (hour_ago, hour_ago))
+    result = repo.gc("acme", 600)
+    assert result["status"] == "done" and result["abandoned_uploads_removed"] == 1
+    remaining = sorted(p.name[:32] for p in (tmp_path / "repository").rglob("*.tmp-*"))
+    assert remaining == [f"{1:032x}", f"{2:032x}"]  # the young one and the other tenant's
+    assert len(pack_keys(store, "acme")) == 1  # the real pack is untouched
+    with repo.reader("acme", "b1") as reader:
+        assert [e.path for e, _ in reader] == [e.path for e, _ in sample()]
