@@ -89,7 +89,6 @@ on_cancel_requested = event_handler(
 #: one, and the child's peak RSS grew with the backup's size although its live
 #: data did not (two arenas: 142 MB instead of 155 MB for a 614 MB first backup,
 #: with CPU time the same within this shared machine's noise).
-#:
 CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
 #: More defaults for one kind of job. A backup's ``MALLOC_MMAP_THRESHOLD_``: every
 #: block of 1 MiB or more (chunks and their sealed copies, up to 4 MiB) gets its own
