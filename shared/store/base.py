@@ -41,27 +41,35 @@ class ObjectUpload(ABC):
         """Drop what was written; nothing appears under the key. Safe to repeat."""
 
 
-class _SpooledUpload(ObjectUpload):
-    """The fallback: spool into an unnamed temporary file, then one streaming ``put``."""
+class FileUpload(ObjectUpload):
+    """An upload written into an open file, counting what it took (both stores' uploads
+    write through one: a spool file here, the object's own temp file on the local store)."""
 
-    def __init__(self, store: ObjectStore, key: str) -> None:
-        self._store = store
-        self._key = key
-        # Closed in discard(), which commit() also calls.
-        spool = tempfile.TemporaryFile(prefix="coffer-")  # noqa: SIM115
-        self._file: BinaryIO | None = cast(BinaryIO, spool)
-        self._length = 0
+    def __init__(self, file: BinaryIO) -> None:
+        self._file: BinaryIO | None = file
+        self.length = 0
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None, "write after commit or discard"
         self._file.write(data)
-        self._length += len(data)
+        self.length += len(data)
+
+
+class _SpooledUpload(FileUpload):
+    """The fallback: spool into an unnamed temporary file, then one streaming ``put``."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        # Closed in discard(), which commit() also calls.
+        spool = tempfile.TemporaryFile(prefix="coffer-")  # noqa: SIM115
+        super().__init__(cast(BinaryIO, spool))
+        self._store = store
+        self._key = key
 
     def commit(self) -> int:
         assert self._file is not None, "commit after commit or discard"
         try:
             self._file.seek(0)
-            return self._store.put(self._key, self._file, self._length)
+            return self._store.put(self._key, self._file, self.length)
         finally:
             self.discard()
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from shared.errors import StoreUnavailable
-from shared.store.base import ObjectStore, ObjectUpload
+from shared.store.base import FileUpload, ObjectStore, ObjectUpload
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -227,7 +227,7 @@ class LocalStore(ObjectStore):
             ) from exc
 
 
-class _LocalUpload(ObjectUpload):
+class _LocalUpload(FileUpload):
     """Writes into ``<path>.tmp-<hex>`` beside the target; commit fsyncs and renames.
 
     The temp name never shows in ``list``, and a crash leaves only such a file.
@@ -245,13 +245,7 @@ class _LocalUpload(ObjectUpload):
             ) from exc
         self._temp: str | None = f"{self.path}.tmp-{secrets.token_hex(8)}"
         # Closed in finish() or discard().
-        self._file: BinaryIO | None = open(self._temp, "xb")  # noqa: SIM115
-        self.length = 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        assert self._file is not None, "write after commit or discard"
-        self._file.write(data)
-        self.length += len(data)
+        super().__init__(open(self._temp, "xb"))  # noqa: SIM115
 
     def finish(self) -> str:
         """Flush and fsync the temp file; returns its path (still to be renamed)."""
